@@ -1,0 +1,58 @@
+"""Crash-safe writes: a reader sees the old file or the new one, never half of one."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
+
+    The temp file lives in the same folder so the final `os.replace` is atomic on
+    POSIX, and it is fsync'ed first so a power cut cannot leave an empty file behind
+    a completed rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_with(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
+    """Run `writer(tmp_path)` and atomically publish the result at `path`."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return write_with(path, lambda p: p.write_bytes(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    # newline="\n": submission CSVs must be LF on every platform.
+    return write_with(path, lambda p: p.write_text(text, encoding="utf-8", newline="\n"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    return write_with(path, lambda p: torch.save(obj, p))

@@ -1,0 +1,334 @@
+"""`kmnist-fa`: a thin typer layer over the Python API (data, learner, runs).
+
+Each command parses options, calls one API function and renders the result with
+rich. User errors (`KmnistError`) print one line on stderr and exit with code 2.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import KmnistError, OptionError
+
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+out = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(name="kmnist-fa", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                  help="fastai toolkit for Kuzushiji-MNIST and the MNIST family: data, training, lr-find, runs.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect, download and preview datasets.")
+models_app = typer.Typer(invoke_without_command=True, help="List saved runs, or show one (`models show NAME`).")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+
+def friendly(fn):
+    """Turn KmnistError into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KmnistError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"kmnist-fa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """fastai toolkit for Kuzushiji-MNIST and the MNIST family."""
+
+
+# ---------------------------------------------------------------- shared options
+
+DatasetOpt = typer.Option(None, "--dataset", help="Named dataset: kmnist, fashion, mnist, k49 (MD5s enforced).")
+DataOpt = typer.Option(None, "--data", help="Folder of MNIST-format files (idx or npz); overrides env KMNIST_FA_DATA.")
+ModelsDirOpt = typer.Option(None, "--models-dir", help="Where runs live (default: env KMNIST_FA_MODELS or ./models).")
+
+
+# ---------------------------------------------------------------- data
+
+@data_app.command("info")
+@friendly
+def data_info(name: Optional[str] = typer.Argument(None, help="Named dataset (default kmnist, or the --data folder)."),
+              data: Optional[Path] = DataOpt):
+    """Files, counts, per-class counts, MD5 status and pixel statistics."""
+    from .data import image_stats
+    from .datasets import load_dataset
+
+    d = load_dataset(name, data)
+    t = Table(title=f"{d.name} ({d.root})")
+    for c in ("role", "file", "images", "md5", "status"):
+        t.add_column(c)
+    counts = {"train_images": len(d.train_x), "train_labels": len(d.train_y), "test_images": len(d.test_x),
+              "test_labels": None if d.test_y is None else len(d.test_y)}
+    for role, f in d.files.items():
+        t.add_row(role, Path(f["path"]).name, f"{counts[role]:,}", f["md5"], f["status"])
+    if d.test_y is None:
+        t.add_row("test_labels", "-", "-", "-", "absent (unlabelled test set)")
+    out.print(t)
+    c = Table(title="images per class")
+    for col in ("class", "name", "train", "test"):
+        c.add_column(col, justify="right" if col in ("train", "test") else "left")
+    for i in range(d.c):
+        test = "-" if d.test_y is None else f"{int((d.test_y == i).sum()):,}"
+        c.add_row(str(i), d.label(i), f"{int((d.train_y == i).sum()):,}", test)
+    out.print(c)
+    mean, std = image_stats(d.train_x)
+    out.print(f"train pixels: mean {mean:.4f}, std {std:.4f} (in [0, 1])")
+
+
+@data_app.command("download")
+@friendly
+def data_download(name: str = typer.Argument("kmnist", help="kmnist, fashion, mnist or k49."),
+                  data: Optional[Path] = typer.Option(None, "--data", help="Folder to download into "
+                                                      "(default: fastai's data folder, ~/.fastai/data/NAME)."),
+                  mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL to fetch from instead of "
+                                                       "the official mirrors.")):
+    """Download a named dataset with MD5 checks; resumes partial files, writes atomically."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from .datasets import download
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err) as prog:
+        tasks = {}
+
+        def report(fname, done, total):
+            if fname not in tasks:
+                tasks[fname] = prog.add_task(fname, total=total)
+            prog.update(tasks[fname], completed=done, total=total)
+
+        root = download(name, data, mirror, report)
+    out.print(f"{name}: files verified in {root}")
+
+
+@data_app.command("show")
+@friendly
+def data_show(name: Optional[str] = typer.Argument(None, help="Named dataset (default kmnist, or the --data folder)."),
+              data: Optional[Path] = DataOpt,
+              aug: str = typer.Option("light", "--aug", help="Augmentation preset: none, light, heavy."),
+              n: int = typer.Option(32, "--n", min=1, max=256, help="Number of images."),
+              seed: int = typer.Option(42, "--seed", help="Random seed (split and augmentation)."),
+              out_file: Path = typer.Option(Path("batch.png"), "--out", help="PNG file to write.")):
+    """Save a grid of training images as the model sees them, to check an augmentation preset."""
+    from fastai.torch_core import set_seed
+
+    from .data import make_dls, sample_batch
+    from .datasets import load_dataset
+    from .plots import class_labels, image_grid, save_fig
+    from .splits import SplitSpec
+
+    set_seed(seed)
+    d = load_dataset(name, data)
+    dls = make_dls(d, SplitSpec(seed=seed), aug=aug, device="cpu")
+    imgs, ys = sample_batch(dls, n)
+    labels = class_labels(d.classes, d.chars)
+    save_fig(image_grid(imgs, [labels[y] for y in ys]), out_file)
+    out.print(f"wrote {out_file} ({n} images, aug={aug})")
+
+
+# ---------------------------------------------------------------- architectures
+
+@app.command("archs")
+def archs():
+    """List the registered architectures with their parameter counts."""
+    from .models import ARCHS, n_params
+
+    t = Table(title="architectures")
+    for c in ("name", "params", "default bn", "default dropout", "description"):
+        t.add_column(c, justify="right" if c == "params" else "left")
+    for a in ARCHS.values():
+        t.add_row(a.name, f"{n_params(a.build()):,}", str(a.default_bn), str(a.default_dropout), a.description)
+    out.print(t)
+
+
+# ---------------------------------------------------------------- training
+
+def _config(arch, epochs, bs, lr, opt, mom, wd, schedule, aug, mixup, cutmix, label_smoothing, bn, dropout, seed,
+            valid_pct, n_folds, fold, full, cpu, dataset, data):
+    from .learner import TrainConfig
+
+    return TrainConfig(arch=arch, epochs=epochs, bs=bs, lr=lr, opt=opt, mom=mom, wd=wd, schedule=schedule, aug=aug,
+                       mixup=mixup, cutmix=cutmix, label_smoothing=label_smoothing, bn=bn, dropout=dropout, seed=seed,
+                       valid_pct=valid_pct, n_folds=n_folds, fold=fold, full=full, cpu=cpu, dataset=dataset,
+                       data=str(data) if data else None)
+
+
+def _train_options(fn):
+    """Attach the options shared by `train` and `lr-find` (one definition, one --help text)."""
+    import inspect
+
+    opts = dict(
+        epochs=(int, typer.Option(10, "--epochs", help="Epochs to train."), 10),
+        bs=(int, typer.Option(64, "--bs", help="Batch size."), 64),
+        lr=(Optional[float], typer.Option(None, "--lr", help="Learning rate (max LR for one-cycle); "
+                                          "omitted: run lr_find and use its valley suggestion."), None),
+        opt=(str, typer.Option("adam", "--opt", help="Optimiser: sgd, adam, rmsprop."), "adam"),
+        mom=(Optional[float], typer.Option(None, "--mom", help="Momentum (Adam: beta1); fixes one-cycle's "
+                                           "momentum cycling at this value."), None),
+        wd=(Optional[float], typer.Option(None, "--wd", help="Weight decay (default: fastai's for the optimiser)."), None),
+        schedule=(str, typer.Option("one-cycle", "--schedule", help="LR schedule: one-cycle, flat, cosine."), "one-cycle"),
+        aug=(str, typer.Option("light", "--aug", help="Batch augmentation: none, light (shift ±2px, rotate ±15°), "
+                               "heavy (+ zoom, warp, brightness, contrast)."), "light"),
+        mixup=(bool, typer.Option(False, "--mixup", help="fastai MixUp callback."), False),
+        cutmix=(bool, typer.Option(False, "--cutmix", help="fastai CutMix callback."), False),
+        label_smoothing=(float, typer.Option(0.0, "--label-smoothing", help="Label smoothing for the loss."), 0.0),
+        bn=(Optional[bool], typer.Option(None, "--bn/--no-bn", help="Batch norm after conv activations "
+                                         "(default: the architecture's)."), None),
+        dropout=(Optional[float], typer.Option(None, "--dropout", help="Dropout before hidden FC layers; 0 disables "
+                                               "(default: the architecture's, 0.5 for the AlexNets)."), None),
+        seed=(int, typer.Option(42, "--seed", help="Random seed: split, init, shuffling, augmentation."), 42),
+        valid_pct=(float, typer.Option(0.1, "--valid-pct", help="Stratified holdout fraction."), 0.1),
+        n_folds=(Optional[int], typer.Option(None, "--n-folds", help="Stratified k-fold: number of folds."), None),
+        fold=(Optional[int], typer.Option(None, "--fold", help="Which fold (0-based) validates, with --n-folds."), None),
+        full=(bool, typer.Option(False, "--full", help="Train on every labelled image (no validation)."), False),
+        cpu=(bool, typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available."), False),
+        dataset=(Optional[str], DatasetOpt, None),
+        data=(Optional[Path], DataOpt, None),
+    )
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t)
+               for k, (t, o, _) in opts.items()]
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
+
+
+@app.command("train")
+@friendly
+@_train_options
+def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
+              name: Optional[str] = typer.Option(None, "--name", help="Run name (default ARCH-DATE-TIME)."),
+              resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run by name; "
+                                                   "its saved options are used."),
+              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch table."),
+              models_dir: Optional[Path] = ModelsDirOpt, **opts):
+    """Train a model into models/NAME/ (best epoch kept, resumable, atomic writes)."""
+    from .learner import resume as resume_run
+    from .learner import train
+    from .progress import RichProgress
+
+    progress = None if quiet else RichProgress(err)
+    if resume:
+        if arch is not None:
+            raise OptionError("--resume uses the run's saved options: give no ARCH")
+        res = resume_run(resume, models_dir, quiet=quiet, progress=progress)
+    else:
+        if arch is None:
+            raise OptionError("ARCH is required (see `kmnist-fa archs`), or --resume NAME")
+        cfg = _config(arch, **opts)
+        res = train(cfg, name, models_dir, quiet=quiet, progress=progress,
+                    log=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)))
+    best = res.meta.get("best") or {}
+    acc = best.get("accuracy")
+    out.print(f"run {res.meta['name']}: {res.meta['epochs_done']} epochs in {res.meta['wall_time_s']:.0f}s; "
+              + (f"best valid accuracy {acc:.4f} at epoch {best['epoch'] + 1}" if acc is not None
+                 else "no validation split (--full)") + f" -> {res.path}")
+
+
+@app.command("lr-find")
+@friendly
+@_train_options
+def lr_find_cmd(arch: str = typer.Argument(..., help="Architecture (see `kmnist-fa archs`)."),
+                out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Where to write the plot (PNG)."),
+                **opts):
+    """Run fastai's lr_find; print the valley/slide/minimum/steep suggestions and save the plot."""
+    from .learner import build_learner, prepare, suggest_lrs
+    from .progress import RichProgress
+
+    cfg = _config(arch, **opts)
+    _, dls = prepare(cfg)
+    learn = build_learner(dls, cfg, progress=RichProgress(err))
+    sugg = suggest_lrs(learn, out_file)
+    t = Table(title=f"lr_find suggestions ({arch}, {cfg.opt}, bs {cfg.bs})")
+    t.add_column("method")
+    t.add_column("lr", justify="right")
+    for k, v in sugg.items():
+        t.add_row(k, f"{v:.2e}")
+    out.print(t)
+    out.print(f"plot: {out_file}")
+
+
+# ---------------------------------------------------------------- runs
+
+@models_app.callback()
+@friendly
+def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
+                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List saved runs: name, arch, epochs, valid accuracy, status, date."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = models_dir
+        return
+    from .runs import list_runs, models_dir as mdir
+
+    rows = list_runs(models_dir)
+    if as_json:
+        out.print_json(json.dumps([{k: r.get(k) for k in ("name", "arch", "status", "epochs_done", "best", "created",
+                                                          "_path", "error")} for r in rows]))
+        return
+    t = Table(title=f"runs in {mdir(models_dir)}")
+    for c in ("name", "arch", "epochs", "valid acc", "split", "status", "created"):
+        t.add_column(c, justify="right" if c in ("epochs", "valid acc") else "left")
+    for r in rows:
+        if "error" in r:
+            t.add_row(r["name"], "", "", "", "", f"[red]{r['error']}[/]", "")
+            continue
+        acc = (r.get("best") or {}).get("accuracy")
+        t.add_row(r["name"], r.get("arch", "?"), f"{r.get('epochs_done', 0)}/{r['config']['epochs']}",
+                  "-" if acc is None else f"{acc:.4f}", r.get("split", {}).get("kind", "?"), r.get("status", "?"),
+                  r.get("created", ""))
+    out.print(t)
+
+
+@models_app.command("show")
+@friendly
+def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run name or folder."),
+                as_json: bool = typer.Option(False, "--json", help="Print run.json as is.")):
+    """One run's options, data, split and metrics."""
+    from .runs import read_run, run_path
+
+    meta = read_run(run_path(name, ctx.obj))
+    if as_json:
+        out.print_json(json.dumps(meta))
+        return
+    t = Table(title=f"run {meta['name']}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    best = meta.get("best") or {}
+    rows = [
+        ("arch", f"{meta['arch']} ({meta['n_params']:,} parameters)"),
+        ("status", f"{meta['status']}, {meta.get('epochs_done', 0)}/{meta['config']['epochs']} epochs, "
+                   f"{meta.get('wall_time_s', 0):.0f}s on {meta.get('device')}"),
+        ("data", f"{meta['data']['name']} ({meta['data']['root']})"),
+        ("split", f"{meta['split']['kind']}: {meta['split']['n_train']:,} train / {meta['split']['n_valid']:,} valid, "
+                  f"seed {meta['split']['seed']}"),
+        ("lr", f"{meta['lr']:.3g} ({meta['lr_source']})"),
+        ("best", "-" if not best else f"epoch {best['epoch'] + 1}: accuracy "
+                 f"{best['accuracy'] if best.get('accuracy') is None else round(best['accuracy'], 4)}, "
+                 f"valid loss {best.get('valid_loss')}"),
+        ("normalisation", f"mean {meta['norm']['mean']:.4f}, std {meta['norm']['std']:.4f}"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())),
+    ]
+    rows += [(f"option {k}", str(v)) for k, v in meta["config"].items() if k != "extra"]
+    for k, v in rows:
+        t.add_row(k, v)
+    out.print(t)

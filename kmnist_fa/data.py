@@ -1,0 +1,222 @@
+"""fastai DataBlock pipeline over in-memory MNIST-family arrays.
+
+Items are integer indices into a uint8 array, so nothing is decoded or written per
+image. Batches are built by fancy-indexing the whole array (`ArrayDL`), which gives
+exactly what fastai's per-item collation would give (a test checks this) at a
+fraction of the Python work. All augmentation is batch-level (`batch_tfms`) and runs
+on the DataLoaders' device: the GPU when there is one.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+with warnings.catch_warnings():  # fastai's import trips torch's jit deprecation notice
+    warnings.simplefilter("ignore", FutureWarning)
+    from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
+    from fastai.data.core import Datasets, DataLoaders, TfmdDL
+    from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
+    from fastai.torch_core import TensorCategory, TensorImageBW
+    from fastai.vision.augment import (AffineCoordTfm, Brightness, Contrast, PadMode, Rotate, Warp, Zoom,
+                                       affine_mat, setup_aug_tfms)
+    from fasttransform import Transform
+
+from .datasets import MnistData
+from .errors import OptionError
+from .splits import SplitSpec, split_indices
+
+AUG_PRESETS = ("none", "light", "heavy")
+
+
+class ArrayImage(Transform):
+    """Index -> 1x28x28 uint8 `TensorImageBW` taken from an in-memory array."""
+
+    def __init__(self, images: np.ndarray):
+        super().__init__()
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+
+    def encodes(self, i) -> TensorImageBW:  # untyped: items are numpy ints too
+        return TensorImageBW(self.images[i][None])
+
+    def batch(self, idx: np.ndarray) -> TensorImageBW:
+        return TensorImageBW(self.images[torch.as_tensor(idx, dtype=torch.long)][:, None])
+
+
+class ArrayLabel(Transform):
+    """Index -> class name, so fastai's `Categorize` owns the vocab and decoding."""
+
+    def __init__(self, labels: np.ndarray, vocab: Sequence[str]):
+        super().__init__()
+        # not `vocab`: fastai gathers that attribute across the pipeline and would find two
+        self.labels, self.names = torch.as_tensor(np.asarray(labels), dtype=torch.long), list(vocab)
+
+    def encodes(self, i) -> str:
+        return self.names[int(self.labels[i])]
+
+    def batch(self, idx: np.ndarray) -> TensorCategory:
+        return TensorCategory(self.labels[torch.as_tensor(idx, dtype=torch.long)])
+
+
+def _column(tl) -> torch.Tensor | None:
+    """Whole-split tensor for one TfmdLists, when its pipeline is one we can vectorise."""
+    fs = [f for f in tl.tfms.fs if type(f) is not Transform]  # DataBlock adds a bare noop get_x
+    items = np.asarray(list(tl.items), dtype=np.int64)
+    if len(fs) == 1 and isinstance(fs[0], ArrayImage):
+        return fs[0].batch(items)
+    if len(fs) == 2 and isinstance(fs[0], ArrayLabel) and isinstance(fs[1], Categorize) \
+            and list(fs[1].vocab) == fs[0].names:
+        return fs[0].batch(items)
+    return None
+
+
+class ArrayDL(TfmdDL):
+    """A `TfmdDL` that builds each batch with one indexing op per column.
+
+    Falls back to fastai's per-item path for any dataset it does not recognise,
+    so `dls.test_dl(...)` with foreign items still works.
+    """
+
+    def create_batches(self, samps):
+        cols = self._columns()
+        if cols is None:
+            yield from super().create_batches(samps)
+            return
+        for idx in self.chunkify(samps):
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            yield tuple(c[idx] for c in cols)
+
+    def _columns(self):
+        if "_cols" not in self.__dict__:
+            ds = self.dataset
+            cols = [_column(tl) for tl in ds.tls] if isinstance(ds, Datasets) else [None]
+            self.__dict__["_cols"] = None if any(c is None for c in cols) else cols
+        return self.__dict__["_cols"]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+def shift_mat(x: torch.Tensor, max_px: float = 2.0, p: float = 1.0) -> torch.Tensor:
+    """Random translation of up to `max_px` pixels in x and y, per image."""
+    n, (h, w) = x.size(0), x.shape[-2:]
+    keep = (x.new_empty(n).uniform_() < p).float()
+    tx = x.new_empty(n).uniform_(-1, 1) * keep * (2 * max_px / w)  # grid coords span 2 over w pixels
+    ty = x.new_empty(n).uniform_(-1, 1) * keep * (2 * max_px / h)
+    one, zero = x.new_ones(n), x.new_zeros(n)
+    return affine_mat(one, zero, tx, zero, one, ty)
+
+
+class Shift(AffineCoordTfm):
+    """Random shift of a batch; composes with the other affine tfms into one resample."""
+
+    def __init__(self, max_px: float = 2.0, p: float = 1.0, pad_mode=PadMode.Zeros):
+        super().__init__(aff_fs=lambda x: shift_mat(x, max_px, p), pad_mode=pad_mode, align_corners=True)
+
+
+def aug_tfms(preset: str = "light") -> list:
+    """Batch augmentations for a preset. Never flips: a mirrored kana is another glyph or none.
+
+    Padding is zeros (the black background), not fastai's default reflection,
+    which would mirror strokes in from the border.
+    """
+    if preset not in AUG_PRESETS:
+        raise OptionError(f"--aug must be one of {', '.join(AUG_PRESETS)}, got {preset!r}")
+    if preset == "none":
+        return []
+    kw = dict(pad_mode=PadMode.Zeros, align_corners=True)
+    tfms = [Shift(max_px=2, p=1.0), Rotate(max_deg=15, p=1.0, **kw)]
+    if preset == "heavy":
+        tfms += [Zoom(min_zoom=0.9, max_zoom=1.1, p=0.75, **kw), Warp(magnitude=0.2, p=0.5, **kw),
+                 Brightness(max_lighting=0.2, p=0.75), Contrast(max_lighting=0.2, p=0.75)]
+    return setup_aug_tfms(tfms)
+
+
+# --------------------------------------------------------------------------- DataLoaders
+
+@dataclass
+class DataInfo:
+    """What a model must remember about its data: stats, classes, split."""
+
+    mean: float
+    std: float
+    classes: list[str]
+    chars: list[str] | None
+    split: SplitSpec
+    aug: str
+    train_idx: np.ndarray
+    valid_idx: np.ndarray
+
+
+def image_stats(images: np.ndarray) -> tuple[float, float]:
+    """Mean and std of pixel values in [0, 1], in float64 so 60k images sum exactly."""
+    x = images.astype(np.float64) / 255.0
+    return float(x.mean()), float(x.std())
+
+
+def batch_tfms(mean: float, std: float, aug: str = "none") -> list:
+    return [IntToFloatTensor(), *aug_tfms(aug), Normalize.from_stats([mean], [std], cuda=False)]
+
+
+def default_device(cpu: bool = False) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+
+
+def make_dls(data: MnistData, split: SplitSpec | None = None, aug: str = "light", bs: int = 64,
+             device: torch.device | str | None = None, stats: tuple[float, float] | None = None) -> DataLoaders:
+    """DataLoaders for a split of the labelled images.
+
+    Normalisation stats come from the training split only (as in the report), unless
+    `stats` is given (fine-tuning keeps the parent's); they travel in `dls.info`.
+    """
+    split = split or SplitSpec()
+    if bs < 1:
+        raise OptionError(f"--bs must be at least 1, got {bs}")
+    train_idx, valid_idx = split_indices(data.train_y, split)
+    mean, std = stats or image_stats(data.train_x[train_idx])
+    block = DataBlock(
+        blocks=(TransformBlock(type_tfms=ArrayImage(data.train_x)), CategoryBlock(vocab=data.classes, sort=False)),
+        get_y=ArrayLabel(data.train_y, data.classes),
+        splitter=lambda _: (list(train_idx), list(valid_idx)),
+        batch_tfms=batch_tfms(mean, std, aug),
+    )
+    dls = block.dataloaders(np.arange(len(data.train_y)), bs=bs, dl_type=ArrayDL, num_workers=0,
+                            device=device or default_device(), drop_last=len(train_idx) > bs)
+    dls.info = DataInfo(mean, std, list(data.classes), data.chars, split, aug, train_idx, valid_idx)
+    return dls
+
+
+def array_dl(dls: DataLoaders, images: np.ndarray, labels: np.ndarray | None = None, bs: int | None = None) -> ArrayDL:
+    """A validation-style DataLoader over any uint8 image array (test sets, uploads).
+
+    Built from the DataLoaders' own transforms rather than `dls.test_dl`, so it works
+    the same for a fresh training run and for a run loaded from disk.
+    """
+    vocab = list(dls.vocab)
+    tfms = [[ArrayImage(images)]]
+    if labels is not None:
+        tfms.append([ArrayLabel(labels, vocab), Categorize(vocab=vocab, sort=False)])
+    ds = Datasets(np.arange(len(images)), tfms=tfms, n_inp=1)
+    return dls.valid.new(ds, bs=bs or dls.valid.bs, shuffle=False, drop_last=False)
+
+
+def inference_dls(classes: Sequence[str], mean: float, std: float, device=None, bs: int = 256) -> DataLoaders:
+    """DataLoaders with no data but the right vocab and normalisation, for loaded runs."""
+    empty = np.zeros((0, 28, 28), dtype=np.uint8)
+    block = DataBlock(
+        blocks=(TransformBlock(type_tfms=ArrayImage(empty)), CategoryBlock(vocab=list(classes), sort=False)),
+        get_y=ArrayLabel(np.zeros(0, dtype=np.int64), classes),
+        splitter=lambda _: ([], []),
+        batch_tfms=batch_tfms(mean, std, "none"),
+    )
+    return block.dataloaders(np.arange(0), bs=bs, dl_type=ArrayDL, num_workers=0, device=device or default_device())
+
+
+def sample_batch(dls: DataLoaders, n: int = 32, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A batch as the model sees it (augmented if `train`), back in uint8 for display."""
+    dl = (dls.train if train else dls.valid).new(bs=n, shuffle=train, drop_last=False)
+    xb, yb = dl.one_batch()
+    x = (xb.float() * dls.info.std + dls.info.mean).clamp(0, 1) * 255
+    return x[:, 0].round().byte().cpu().numpy(), yb.cpu().numpy()

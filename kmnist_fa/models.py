@@ -1,0 +1,126 @@
+"""Architecture registry: the report's LeNet5 / AlexNet5 / AlexNet7 and fastai's xresnet.
+
+Like timm, an architecture is a named factory; `@register_arch` is all it takes to
+add one, and the CLI, `load_run` and the sweeps find it by name. Every model is an
+`nn.Sequential(body, head)` so one splitter serves fastai's `freeze`/`unfreeze` and
+discriminative learning rates, and transfer learning replaces `head` alone.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    from fastai.torch_core import params
+    from fastai.vision.models.xresnet import xresnet18
+
+from .errors import OptionError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    default_bn: bool
+    default_dropout: float
+
+    def build(self, n_classes: int = 10, bn: bool | None = None, dropout: float | None = None) -> nn.Module:
+        bn = self.default_bn if bn is None else bn
+        dropout = self.default_dropout if dropout is None else dropout
+        if not 0 <= dropout < 1:
+            raise OptionError(f"--dropout must be in [0, 1), got {dropout}")
+        return self.factory(n_classes=n_classes, bn=bn, dropout=dropout)
+
+
+ARCHS: dict[str, ArchSpec] = {}
+
+
+def register_arch(name: str, description: str = "", bn: bool = False, dropout: float = 0.5):
+    """Decorator: make `factory(n_classes, bn, dropout) -> nn.Sequential(body, head)` available by name."""
+
+    def deco(factory):
+        ARCHS[name] = ArchSpec(name, factory, description or (factory.__doc__ or "").strip().splitlines()[0], bn, dropout)
+        return factory
+
+    return deco
+
+
+def get_arch(name: str) -> ArchSpec:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise OptionError(f"unknown architecture {name!r} (known: {', '.join(ARCHS)})") from None
+
+
+def create_model(arch: str, n_classes: int = 10, bn: bool | None = None, dropout: float | None = None) -> nn.Module:
+    return get_arch(arch).build(n_classes, bn, dropout)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def splitter(model: nn.Module) -> list:
+    """Parameter groups [body, head] for fastai's freeze and discriminative LRs."""
+    return [params(model[0]), params(model[1])]
+
+
+def conv(c_in: int, c_out: int, k: int, pad: int = 0, bn: bool = False) -> list[nn.Module]:
+    # Batch norm after the activation, as in the report's notebooks.
+    return [nn.Conv2d(c_in, c_out, k, padding=pad), nn.ReLU(inplace=True)] + ([nn.BatchNorm2d(c_out)] if bn else [])
+
+
+def classifier(sizes: list[int], dropout: float) -> nn.Sequential:
+    """Flatten -> FC layers with ReLU (and dropout before each hidden FC's successor)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+@register_arch("lenet5", bn=False, dropout=0.0)
+def lenet5(n_classes: int = 10, bn: bool = False, dropout: float = 0.0) -> nn.Sequential:
+    """LeNet-5 (LeCun 1998) with ReLU and max-pooling, as in the report."""
+    body = nn.Sequential(*conv(1, 6, 5, 2, bn), nn.MaxPool2d(2), *conv(6, 16, 5, 0, bn), nn.MaxPool2d(2))
+    return nn.Sequential(body, classifier([400, 120, 84, n_classes], dropout))
+
+
+@register_arch("alexnet5", bn=True, dropout=0.5)
+def alexnet5(n_classes: int = 10, bn: bool = True, dropout: float = 0.5) -> nn.Sequential:
+    """Reduced AlexNet with 5 convs; BN after the first two (the report's best row)."""
+    body = nn.Sequential(
+        *conv(1, 24, 4, 1, bn), *conv(24, 64, 5, 2, bn), nn.MaxPool2d(3, 2),
+        *conv(64, 96, 5, 2), *conv(96, 96, 3, 1), *conv(96, 64, 3, 1), nn.MaxPool2d(3, 2),
+    )
+    return nn.Sequential(body, classifier([2304, 256, 256, n_classes], dropout))
+
+
+@register_arch("alexnet7", bn=False, dropout=0.5)
+def alexnet7(n_classes: int = 10, bn: bool = False, dropout: float = 0.5) -> nn.Sequential:
+    """Reduced AlexNet with 7 convs; `bn` adds BN after every conv."""
+    body = nn.Sequential(
+        *conv(1, 24, 4, 1, bn), *conv(24, 64, 5, 2, bn), *conv(64, 64, 5, 2, bn), *conv(64, 96, 4, 0, bn),
+        nn.MaxPool2d(4, 2, padding=2),
+        *conv(96, 96, 5, 2, bn), *conv(96, 96, 3, 1, bn), *conv(96, 64, 3, 1, bn), nn.MaxPool2d(3, 2),
+    )
+    return nn.Sequential(body, classifier([2304, 512, 256, n_classes], dropout))
+
+
+@register_arch("xresnet18", bn=True, dropout=0.0)
+def xresnet18_gray(n_classes: int = 10, bn: bool = True, dropout: float = 0.0) -> nn.Sequential:
+    """fastai's xresnet18 (bag-of-tricks ResNet) for 1-channel input: a modern baseline."""
+    if not bn:
+        raise OptionError("xresnet18 is built around batch norm: --no-bn is not available for it")
+    m = xresnet18(c_in=1, n_out=n_classes, p=dropout)
+    # xresnet ends AdaptiveAvgPool, Flatten, Dropout, Linear: those four are the head.
+    return nn.Sequential(nn.Sequential(*list(m.children())[:-4]), nn.Sequential(*list(m.children())[-4:]))

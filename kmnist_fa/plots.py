@@ -1,0 +1,73 @@
+"""Matplotlib helpers: a Japanese font for hiragana labels, and labelled image grids.
+
+Matplotlib's default DejaVu font has no kana and draws tofu boxes. The
+`matplotlib-fontja` package bundles IPAexGothic, so plots show お き す ... with no
+system fonts; if it cannot be loaded, labels fall back to romaji with a warning
+instead of drawing boxes.
+"""
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .atomic import write_with  # noqa: E402
+
+
+def font_has(char: str, family: str | None = None) -> bool:
+    """Whether the font matplotlib would use for `family` has a real glyph for `char`."""
+    from matplotlib.font_manager import FontProperties, findfont
+    from matplotlib.ft2font import FT2Font
+
+    path = findfont(FontProperties(family=family or matplotlib.rcParams["font.family"]), fallback_to_default=True)
+    return FT2Font(path).get_char_index(ord(char)) != 0
+
+
+@lru_cache(maxsize=1)
+def japanese_font() -> bool:
+    """Switch matplotlib to a kana-capable font; False (with a warning) if none is available."""
+    try:
+        import matplotlib_fontja  # noqa: F401  (registers and selects IPAexGothic)
+    except ImportError:
+        pass
+    if font_has("お"):
+        return True
+    warnings.warn("no Japanese font found (pip install matplotlib-fontja); plots label classes in romaji")
+    return False
+
+
+def class_labels(classes: Sequence[str], chars: Sequence[str] | None) -> list[str]:
+    """"お o" labels when the characters are known and a font can draw them, else the names."""
+    if chars and japanese_font():
+        return [f"{c} {n}" for c, n in zip(chars, classes)]
+    return list(classes)
+
+
+def save_fig(fig, path: str | Path, dpi: int = 100) -> Path:
+    out = write_with(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
+    plt.close(fig)
+    return out
+
+
+def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 8, cell: float = 1.3,
+               title_size: int = 9):
+    """A grid of 28x28 uint8 images, white ink on black as KMNIST stores them."""
+    japanese_font()
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, (cell + 0.25 * title_size / 9) * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=title_size)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,71 @@
+"""Terminal progress for fastai fits: a rich bar per epoch and one table row per epoch.
+
+fastai's own ProgressCallback draws with fastprogress, which in a plain terminal
+prints a new line per update; the CLI swaps in this callback instead. Notebooks keep
+fastai's HTML progress.
+"""
+from __future__ import annotations
+
+import warnings
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    from fastai.callback.core import Callback
+    from fastcore.basics import noop
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+class RichProgress(Callback):
+    order = 60  # where fastai's ProgressCallback sits
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress = None
+
+    def before_fit(self):
+        self.old_logger = self.learn.logger
+        self.show_rows = self.learn.logger is not noop  # lr_find fits run with logging off
+        if self.show_rows:
+            self.learn.logger = self._row
+            self._row(self.recorder.metric_names)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
+        self.progress.start()
+        self.task = None
+
+    def _launch(self, what: str):
+        desc = f"epoch {self.epoch + 1}/{self.n_epoch} {what}" if self.show_rows else what
+        self.task = self.progress.add_task(desc, total=len(self.dl), loss="")
+
+    def before_train(self):
+        self._launch("train" if self.show_rows else "lr_find")
+
+    def before_validate(self):
+        self._launch("valid")
+
+    def after_batch(self):
+        if self.task is not None:
+            loss = f"loss {self.smooth_loss.item():.4f}" if self.training else ""
+            self.progress.update(self.task, advance=1, loss=loss)
+
+    def _end_task(self):
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+    after_train = after_validate = after_cancel_train = after_cancel_validate = _end_task
+
+    def after_fit(self):
+        self._end_task()
+        self.progress.stop()
+        self.learn.logger = self.old_logger
+
+    def _row(self, log):
+        self.console.print("  ".join(f"{_fmt(v):>11}" for v in log), highlight=False)

@@ -1,0 +1,254 @@
+"""Runs on disk: `models/<name>/` with model.pth, run.json, history.csv, curves.png.
+
+`model.pth` is a bare state_dict and `run.json` holds everything else, so a run loads
+with `torch.load(weights_only=True)` and never unpickles code. Every write goes
+through a temp file and a rename: killing training at any instant leaves the last
+good files in place. `checkpoint.pth` (weights, optimiser, RNG states, epoch) exists
+only while a run is unfinished and is what `--resume` continues from.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import re
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    from fastai.callback.core import Callback
+    from fastcore.foundation import L
+
+from . import __version__
+from .atomic import torch_save, write_json, write_text
+from .errors import OptionError, RunError
+
+FORMAT_VERSION = 1
+MODEL_FILE, RUN_FILE, CKPT_FILE, HISTORY_FILE, CURVES_FILE = (
+    "model.pth", "run.json", "checkpoint.pth", "history.csv", "curves.png")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def models_dir(path: str | Path | None = None) -> Path:
+    """Where runs live: `--models-dir` > env `KMNIST_FA_MODELS` > ./models."""
+    return Path(path or os.environ.get("KMNIST_FA_MODELS") or "models")
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise OptionError(f"--name: {name!r} is not a valid run name (letters, digits, '.', '_', '-'; no slashes)")
+    return name
+
+
+def default_name(arch: str) -> str:
+    return f"{arch}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def run_path(name_or_path: str | Path, root: str | Path | None = None) -> Path:
+    """A run folder from a name (looked up in the models dir) or a path."""
+    p = Path(name_or_path)
+    if p.is_dir() and (p / RUN_FILE).exists():
+        return p
+    q = models_dir(root) / str(name_or_path)
+    if q.is_dir():
+        return q
+    raise RunError(f"{name_or_path}: no such run (looked in {p} and {q}); `kmnist-fa models` lists runs")
+
+
+def read_run(path: str | Path) -> dict:
+    """run.json of a run folder, checked for format compatibility."""
+    import json
+
+    f = Path(path) / RUN_FILE
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{f}: missing (not a kmnist-fa run folder)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{f}: corrupt JSON ({e})") from None
+    if not isinstance(meta, dict) or "format_version" not in meta:
+        raise RunError(f"{f}: not a kmnist-fa run.json (no format_version)")
+    if meta["format_version"] > FORMAT_VERSION:
+        raise RunError(f"{f}: written by a newer kmnist-fa (format {meta['format_version']}, this version reads "
+                       f"up to {FORMAT_VERSION}); upgrade kmnist-fa")
+    return meta
+
+
+def write_run(path: str | Path, meta: dict) -> None:
+    meta["updated"] = datetime.now().isoformat(timespec="seconds")
+    write_json(Path(path) / RUN_FILE, meta)
+
+
+def load_state(file: str | Path) -> dict:
+    """A tensor-only file via `weights_only=True`; corruption becomes a one-line RunError."""
+    file = Path(file)
+    if not file.exists():
+        raise RunError(f"{file}: missing")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated/garbage files
+        raise RunError(f"{file}: corrupt or not a weights-only state file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+
+
+def git_commit() -> str | None:
+    """The toolkit's own commit, when it runs from a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    import fastai
+
+    return {"kmnist_fa": __version__, "fastai": fastai.__version__, "torch": torch.__version__, "git": git_commit()}
+
+
+# --------------------------------------------------------------------------- RNG + optimiser state
+
+def rng_state(dl) -> dict:
+    """Every RNG training draws from, in weights_only-loadable types."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "dl": dl.rng.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, dl) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    dl.rng.setstate(_tuplify(state["dl"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(o):
+    return tuple(_tuplify(x) for x in o) if isinstance(o, (list, tuple)) else o
+
+
+def opt_state(opt) -> dict:
+    # fastai keeps hypers in an `L`, which weights_only loading refuses: store plain lists.
+    sd = opt.state_dict()
+    return {"state": [dict(s) for s in sd["state"]], "hypers": [dict(h) for h in sd["hypers"]]}
+
+
+def load_opt_state(opt, sd: dict) -> None:
+    opt.load_state_dict({"state": sd["state"], "hypers": L(sd["hypers"])})
+
+
+# --------------------------------------------------------------------------- the callback
+
+class RunRecorder(Callback):
+    """Writes the run folder as training goes: history each epoch, best weights, checkpoint.
+
+    Runs after fastai's Recorder (order 50) so the epoch's metrics are final. The
+    best epoch (highest valid accuracy; with no validation, the last) is what
+    `model.pth` holds.
+    """
+
+    order = 55
+
+    def __init__(self, path: Path, meta: dict, checkpoint: bool = True):
+        self.path, self.meta, self.checkpoint = Path(path), meta, checkpoint
+        self.t0 = None
+
+    def before_fit(self):
+        self.t0 = time.time()
+        self.wall0 = self.meta.get("wall_time_s", 0.0)
+
+    def after_epoch(self):
+        names = list(self.recorder.metric_names)[1:]
+        row = dict(zip(names, self.recorder.values[-1] + [None] * (len(names) - len(self.recorder.values[-1]))))
+        row.pop("time", None)
+        row = {"epoch": self.epoch, **{k: (None if v is None else float(v)) for k, v in row.items()},
+               "seconds": round(time.time() - self._epoch_t0, 2) if hasattr(self, "_epoch_t0") else None}
+        history = self.meta.setdefault("history", [])
+        history.append(row)
+        acc = row.get("accuracy")
+        best = self.meta.get("best")
+        improved = best is None or acc is None or (best.get("accuracy") is not None and acc > best["accuracy"])
+        if improved:
+            self.meta["best"] = {"epoch": self.epoch, "accuracy": acc, "valid_loss": row.get("valid_loss"),
+                                 "train_loss": row.get("train_loss")}
+            torch_save(self.path / MODEL_FILE, self.learn.model.state_dict())
+        self.meta["epochs_done"] = self.epoch + 1
+        self.meta["wall_time_s"] = round(self.wall0 + time.time() - self.t0, 2)
+        write_history(self.path, history)
+        if self.checkpoint:
+            torch_save(self.path / CKPT_FILE, {
+                "model": self.learn.model.state_dict(), "opt": opt_state(self.learn.opt), "epoch": self.epoch,
+                "rng": rng_state(self.dls.train)})
+        write_run(self.path, self.meta)
+
+    def before_epoch(self):
+        self._epoch_t0 = time.time()
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    write_text(Path(path) / HISTORY_FILE, buf.getvalue())
+
+
+def plot_curves(path: Path, history: list[dict]) -> Path | None:
+    """Loss and accuracy per epoch, the picture people look at first."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .atomic import write_with
+
+    ep = [h["epoch"] + 1 for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
+    a.plot(ep, [h["train_loss"] for h in history], label="train")
+    if any(h.get("valid_loss") is not None for h in history):
+        a.plot(ep, [h.get("valid_loss") for h in history], label="valid")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    a.legend()
+    if any(h.get("accuracy") is not None for h in history):
+        b.plot(ep, [h.get("accuracy") for h in history], color="C2")
+    b.set(xlabel="epoch", ylabel="accuracy", title="valid accuracy")
+    fig.tight_layout()
+    out = write_with(Path(path) / CURVES_FILE, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return out
+
+
+def list_runs(root: str | Path | None = None) -> list[dict]:
+    """run.json of every run under the models dir (unreadable ones marked, not fatal)."""
+    base = models_dir(root)
+    out = []
+    for p in sorted(base.glob(f"**/{RUN_FILE}")):
+        try:
+            meta = read_run(p.parent)
+        except RunError as e:
+            meta = {"name": str(p.parent.relative_to(base)), "error": str(e)}
+        meta["_path"] = str(p.parent)
+        out.append(meta)
+    return out

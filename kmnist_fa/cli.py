@@ -39,7 +39,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except KmnistError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(2) from None
 
     return wrapper

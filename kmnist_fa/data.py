@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -21,8 +22,8 @@ with warnings.catch_warnings():  # fastai's import trips torch's jit deprecation
     from fastai.data.core import Datasets, DataLoaders, TfmdDL
     from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
     from fastai.torch_core import TensorCategory, TensorImageBW
-    from fastai.vision.augment import (AffineCoordTfm, Brightness, Contrast, PadMode, Rotate, Warp, Zoom,
-                                       affine_mat, setup_aug_tfms)
+    from fastai.vision.augment import (AffineCoordTfm, Brightness, Contrast, PadMode, Warp, Zoom, affine_mat,
+                                       rotate_mat)
     from fasttransform import Transform
 
 from .datasets import MnistData
@@ -109,29 +110,39 @@ def shift_mat(x: torch.Tensor, max_px: float = 2.0, p: float = 1.0) -> torch.Ten
     return affine_mat(one, zero, tx, zero, one, ty)
 
 
-class Shift(AffineCoordTfm):
-    """Random shift of a batch; composes with the other affine tfms into one resample."""
+class TrainOnlyAffine(AffineCoordTfm):
+    """fastai's affine/coord resample, skipped outright on validation batches.
 
-    def __init__(self, max_px: float = 2.0, p: float = 1.0, pad_mode=PadMode.Zeros):
-        super().__init__(aff_fs=lambda x: shift_mat(x, max_px, p), pad_mode=pad_mode, align_corners=True)
+    fastai's `AffineCoordTfm` still resamples validation batches through an identity
+    grid, which costs time and perturbs pixels by float rounding; validation images
+    must reach the model untouched.
+    """
+
+    def before_call(self, b, split_idx):
+        super().before_call(b, split_idx)
+        self.do = split_idx == 0  # training (and fastai tta) only, like RandTransform
 
 
 def aug_tfms(preset: str = "light") -> list:
     """Batch augmentations for a preset. Never flips: a mirrored kana is another glyph or none.
 
-    Padding is zeros (the black background), not fastai's default reflection,
-    which would mirror strokes in from the border.
+    All geometric changes compose into one resample per batch; padding is zeros
+    (the black background), not fastai's default reflection, which would mirror
+    strokes in from the border.
     """
     if preset not in AUG_PRESETS:
         raise OptionError(f"--aug must be one of {', '.join(AUG_PRESETS)}, got {preset!r}")
     if preset == "none":
         return []
-    kw = dict(pad_mode=PadMode.Zeros, align_corners=True)
-    tfms = [Shift(max_px=2, p=1.0), Rotate(max_deg=15, p=1.0, **kw)]
-    if preset == "heavy":
-        tfms += [Zoom(min_zoom=0.9, max_zoom=1.1, p=0.75, **kw), Warp(magnitude=0.2, p=0.5, **kw),
-                 Brightness(max_lighting=0.2, p=0.75), Contrast(max_lighting=0.2, p=0.75)]
-    return setup_aug_tfms(tfms)
+    affine = TrainOnlyAffine(aff_fs=[partial(shift_mat, max_px=2.0), partial(rotate_mat, max_deg=15, p=1.0)],
+                             pad_mode=PadMode.Zeros, align_corners=True)
+    if preset == "light":
+        return [affine]
+    affine.compose(Zoom(min_zoom=0.9, max_zoom=1.1, p=0.75))
+    affine.compose(Warp(magnitude=0.2, p=0.5))
+    lighting = Brightness(max_lighting=0.2, p=0.75)
+    lighting.compose(Contrast(max_lighting=0.2, p=0.75))
+    return [affine, lighting]
 
 
 # --------------------------------------------------------------------------- DataLoaders

@@ -192,8 +192,8 @@ def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = N
     return _run_fit(learn, cfg, lr, path, meta, 0, cbs)
 
 
-def _run_fit(learn, cfg, lr, path, meta, start_epoch, cbs) -> TrainResult:
-    recorder = runs.RunRecorder(path, meta)
+def _run_fit(learn, cfg, lr, path, meta, start_epoch, cbs, smooth_loss=None) -> TrainResult:
+    recorder = runs.RunRecorder(path, meta, start_epoch, smooth_loss)
     learn.add_cbs([recorder, *(cbs or [])])
     try:
         _fit(learn, cfg, lr, start_epoch)
@@ -232,4 +232,4 @@ def resume(name_or_path: str | Path, root: str | Path | None = None, quiet: bool
     runs.set_rng_state(ckpt["rng"], dls.train)
     done = ckpt["epoch"] + 1
     meta["history"] = meta["history"][:done]
-    return _run_fit(learn, cfg, meta["lr"], path, meta, done, cbs)
+    return _run_fit(learn, cfg, meta["lr"], path, meta, done, cbs, ckpt.get("smooth_loss"))

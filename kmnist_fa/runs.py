@@ -146,9 +146,14 @@ def _tuplify(o):
 
 
 def opt_state(opt) -> dict:
-    # fastai keeps hypers in an `L`, which weights_only loading refuses: store plain lists.
+    # fastai keeps hypers in an `L` and schedulers leave numpy floats in them; weights_only
+    # loading refuses both, so store plain lists, dicts and Python numbers.
     sd = opt.state_dict()
-    return {"state": [dict(s) for s in sd["state"]], "hypers": [dict(h) for h in sd["hypers"]]}
+    return {"state": [_plain(s) for s in sd["state"]], "hypers": [_plain(h) for h in sd["hypers"]]}
+
+
+def _plain(d: dict) -> dict:
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in d.items()}
 
 
 def load_opt_state(opt, sd: dict) -> None:
@@ -167,15 +172,19 @@ class RunRecorder(Callback):
 
     order = 55
 
-    def __init__(self, path: Path, meta: dict, checkpoint: bool = True):
-        self.path, self.meta, self.checkpoint = Path(path), meta, checkpoint
-        self.t0 = None
+    def __init__(self, path: Path, meta: dict, start_epoch: int = 0, smooth_loss: list | None = None):
+        self.path, self.meta, self.start_epoch, self.smooth_loss = Path(path), meta, start_epoch, smooth_loss
 
     def before_fit(self):
         self.t0 = time.time()
         self.wall0 = self.meta.get("wall_time_s", 0.0)
+        if self.smooth_loss is not None:  # so a resumed run logs the same train_loss as an uninterrupted one
+            sl = self.recorder.smooth_loss
+            sl.count, sl.val = self.smooth_loss[0], torch.tensor(self.smooth_loss[1], device=sl.val.device)
 
     def after_epoch(self):
+        if self.epoch < self.start_epoch:  # fastai's SkipToEpoch still fires after_epoch for skipped epochs
+            return
         names = list(self.recorder.metric_names)[1:]
         row = dict(zip(names, self.recorder.values[-1] + [None] * (len(names) - len(self.recorder.values[-1]))))
         row.pop("time", None)
@@ -193,10 +202,10 @@ class RunRecorder(Callback):
         self.meta["epochs_done"] = self.epoch + 1
         self.meta["wall_time_s"] = round(self.wall0 + time.time() - self.t0, 2)
         write_history(self.path, history)
-        if self.checkpoint:
-            torch_save(self.path / CKPT_FILE, {
-                "model": self.learn.model.state_dict(), "opt": opt_state(self.learn.opt), "epoch": self.epoch,
-                "rng": rng_state(self.dls.train)})
+        sl = self.recorder.smooth_loss
+        torch_save(self.path / CKPT_FILE, {
+            "model": self.learn.model.state_dict(), "opt": opt_state(self.learn.opt), "epoch": self.epoch,
+            "rng": rng_state(self.dls.train), "smooth_loss": [sl.count, float(sl.val)]})
         write_run(self.path, self.meta)
 
     def before_epoch(self):

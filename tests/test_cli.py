@@ -1,0 +1,109 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kmnist_fa import __version__
+from kmnist_fa.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def run(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+def test_help_lists_every_command():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("train", "lr-find", "archs", "data", "models"):
+        assert cmd in r.output
+    assert run("--version").output.strip() == f"kmnist-fa {__version__}"
+
+
+def test_shim_behaves_like_entry_point():
+    r = subprocess.run([sys.executable, "cli.py", "--version"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"kmnist-fa {__version__}"
+    r = subprocess.run([sys.executable, "cli.py", "train", "nope"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown architecture 'nope'" in r.stderr
+
+
+def test_archs_table():
+    r = run("archs")
+    assert r.exit_code == 0
+    for s in ("lenet5", "61,706", "alexnet5", "989,586", "alexnet7", "1,922,690", "xresnet18"):
+        assert s in r.output
+
+
+def test_data_info_real(kmnist_dir):
+    r = run("data", "info", "--data", kmnist_dir)
+    assert r.exit_code == 0, r.output
+    assert "6,000" in r.output and "4,000" in r.output and "unlabelled" in r.output and "お o" in r.output
+
+
+def test_data_show_writes_png(kmnist_dir, tmp_path):
+    from PIL import Image
+
+    r = run("data", "show", "--data", kmnist_dir, "--aug", "heavy", "--n", "16", "--out", tmp_path / "b.png")
+    assert r.exit_code == 0, r.output
+    w, h = Image.open(tmp_path / "b.png").size
+    assert w > 400 and h > 150
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["train", "lenet5", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "lenet5", "--aug", "extreme"], "--aug must be one of"),
+    (["train", "lenet5", "--n-folds", "5"], "--fold must be in 0..4"),
+    (["train", "lenet5", "--name", "../escape"], "not a valid run name"),
+    (["train"], "ARCH is required"),
+    (["data", "info", "--data", "/nonexistent/dir"], "is not a folder"),
+    (["data", "info", "--dataset", "nope"], "No such option"),
+    (["models", "show", "ghost"], "no such run"),
+])
+def test_bad_input_one_line_exit_2(args, msg, tmp_path, kmnist_dir):
+    if args[0] == "train" and "--data" not in args:
+        args = args + ["--data", str(kmnist_dir), "--models-dir", str(tmp_path)]
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert msg in r.output
+    if "No such option" not in msg:
+        assert r.output.strip().count("\n") == 0  # one line, no traceback
+
+
+def test_train_models_show_resume_cli(kmnist_dir, tmp_path):
+    r = run("train", "lenet5", "--epochs", "2", "--lr", "3e-3", "--data", kmnist_dir, "--models-dir", tmp_path,
+            "--name", "cli", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "best valid accuracy" in r.output
+    r = run("models", "--models-dir", tmp_path, "--json")
+    rows = json.loads(r.output)
+    assert rows[0]["name"] == "cli" and rows[0]["status"] == "complete"
+    r = run("models", "--models-dir", tmp_path, "show", "cli")
+    assert r.exit_code == 0 and "61,706 parameters" in r.output and "holdout" in r.output
+    r = run("train", "--resume", "cli", "--models-dir", tmp_path)
+    assert r.exit_code == 2 and "already complete" in r.output
+    (tmp_path / "cli" / "model.pth").write_bytes(b"garbage")
+    r = run("models", "--models-dir", tmp_path, "show", "cli")
+    assert r.exit_code == 0  # show reads run.json only
+
+
+def test_lr_find_cli(kmnist_dir, tmp_path):
+    from PIL import Image
+
+    r = run("lr-find", "lenet5", "--data", kmnist_dir, "--out", tmp_path / "lr.png")
+    assert r.exit_code == 0, r.output
+    for k in ("valley", "slide", "minimum", "steep"):
+        assert k in r.output
+    assert Image.open(tmp_path / "lr.png").size[0] >= 300
+
+
+def test_data_benchmark_smoke(kmnist_dir):
+    r = subprocess.run([sys.executable, "benchmarks/bench_data.py", "--smoke", "--repeats", "1",
+                        "--data", f"kmnist-10k={kmnist_dir}"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "plain tensor indexing" in r.stdout and "kmnist-fa aug=heavy" in r.stdout

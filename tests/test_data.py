@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from kmnist_fa.data import ArrayDL, aug_tfms, array_dl, image_stats, make_dls, sample_batch
+from kmnist_fa.errors import OptionError
+from kmnist_fa.splits import SplitSpec
+
+
+@pytest.fixture(scope="module")
+def dls(kmnist):
+    return make_dls(kmnist, SplitSpec(valid_pct=0.1, seed=0), aug="heavy", bs=64, device="cpu")
+
+
+def test_batches_are_normalised_typed_and_sized(dls):
+    xb, yb = dls.one_batch()
+    assert xb.shape == (64, 1, 28, 28) and xb.dtype == torch.float32
+    assert type(xb).__name__ == "TensorImageBW" and type(yb).__name__ == "TensorCategory"
+    assert len(dls.train.dataset) == 5400 and len(dls.valid.dataset) == 600
+    assert list(dls.vocab) == ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+
+
+def test_fast_batches_equal_fastai_per_item_collation(dls):
+    """ArrayDL's one-indexing-op batches must be exactly what fastai's own per-item path builds."""
+    dl = dls.valid
+    assert dl._columns() is not None
+    fast = next(iter(dl.create_batches(range(dl.bs))))
+    slow = next(iter(super(ArrayDL, dl).create_batches(range(dl.bs))))
+    for f, s in zip(fast, slow):
+        assert type(f) is type(s)
+        assert torch.equal(f, s)
+
+
+def test_stats_come_from_training_split_only(kmnist, dls):
+    mean, std = image_stats(kmnist.train_x[dls.info.train_idx])
+    assert (dls.info.mean, dls.info.std) == (mean, std)
+    assert mean != image_stats(kmnist.train_x)[0]
+    # and they are what the valid batches are normalised with
+    x = torch.from_numpy(kmnist.train_x[dls.info.valid_idx[:64]]).float()[:, None] / 255
+    xb, _ = dls.valid.one_batch()
+    assert torch.allclose(xb.cpu(), (x - mean) / std, atol=1e-5)
+
+
+def test_augmentation_changes_train_but_never_valid(kmnist):
+    plain = make_dls(kmnist, SplitSpec(seed=0), aug="none", bs=32, device="cpu")
+    heavy = make_dls(kmnist, SplitSpec(seed=0), aug="heavy", bs=32, device="cpu")
+    vp, vh = plain.valid.one_batch()[0], heavy.valid.one_batch()[0]
+    assert torch.equal(vp, vh) and torch.equal(vh, heavy.valid.one_batch()[0])
+    fixed = plain.train.new(shuffle=False)
+    fixed_aug = heavy.train.new(shuffle=False)
+    tp, ta = fixed.one_batch()[0], fixed_aug.one_batch()[0]
+    assert torch.equal(tp, fixed.one_batch()[0])  # no augmentation: repeatable
+    assert not torch.allclose(tp, ta, atol=1e-3)  # heavy augmentation moved pixels
+    assert not torch.equal(ta, fixed_aug.one_batch()[0])  # and draws anew each time
+
+
+def test_presets_and_unknown_preset():
+    assert aug_tfms("none") == []
+    assert len(aug_tfms("light")) == 1  # shift + rotate composed into one resample
+    names = {type(t).__name__ for t in aug_tfms("heavy")}
+    assert not any("Flip" in n or "Dihedral" in n for n in names)
+    with pytest.raises(OptionError, match="--aug must be one of"):
+        aug_tfms("extreme")
+
+
+def test_array_dl_for_test_images(kmnist, dls):
+    dl = array_dl(dls, kmnist.test_x[:100])
+    xb = torch.cat([b[0] for b in dl])
+    assert xb.shape == (100, 1, 28, 28)
+    expected = (torch.from_numpy(kmnist.test_x[:100]).float()[:, None] / 255 - dls.info.mean) / dls.info.std
+    assert torch.allclose(xb.cpu(), expected, atol=1e-5)
+
+
+def test_sample_batch_roundtrips_to_uint8(kmnist):
+    plain = make_dls(kmnist, SplitSpec(seed=0), aug="none", bs=16, device="cpu")
+    imgs, ys = sample_batch(plain, 8, train=False)
+    np.testing.assert_array_equal(imgs, kmnist.train_x[plain.info.valid_idx[:8]])
+    np.testing.assert_array_equal(ys, kmnist.train_y[plain.info.valid_idx[:8]])

@@ -1,0 +1,188 @@
+import hashlib
+import http.server
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmnist_fa import datasets
+from kmnist_fa.datasets import load_dataset, md5sum
+from kmnist_fa.errors import DataError
+from kmnist_fa.formats import write_idx
+
+from .conftest import synthetic_arrays, write_synthetic
+
+
+def test_real_kmnist_sample(kmnist):
+    assert kmnist.train_x.shape == (6000, 28, 28) and kmnist.train_x.dtype == np.uint8
+    assert kmnist.test_x.shape == (4000, 28, 28)
+    assert kmnist.test_y is None and not kmnist.has_test_labels  # unlabelled test set is normal
+    assert np.bincount(kmnist.train_y).tolist() == [600] * 10
+    assert kmnist.chars == list("おきすつなはまやれを")
+    assert kmnist.classes == ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+    assert kmnist.label(0) == "お o"
+    assert {f["status"] for f in kmnist.files.values()} == {"custom"}  # a re-split, not the official files
+
+
+@pytest.mark.parametrize("fmt", ["idx-gz", "idx", "npz"])
+def test_folder_formats(tmp_path, fmt):
+    d = load_dataset(data=write_synthetic(tmp_path / fmt, fmt=fmt))
+    x, y = synthetic_arrays(200)
+    np.testing.assert_array_equal(d.train_x, x)
+    np.testing.assert_array_equal(d.train_y, y)
+    assert d.test_y is not None and len(d.test_x) == 50
+    assert d.classes == [str(i) for i in range(10)] and d.chars is None
+
+
+def test_classmap_gives_names_and_romaji(tmp_path):
+    d = load_dataset(data=write_synthetic(tmp_path / "t", n_classes=3, classmap=list("あいう")))
+    assert d.classes == ["a", "i", "u"] and d.chars == ["あ", "い", "う"]
+
+
+def test_unlabelled_test_set(tmp_path):
+    d = load_dataset(data=write_synthetic(tmp_path / "t", test_labels=False))
+    assert d.test_y is None and len(d.test_x) == 50
+
+
+def test_count_mismatch(tmp_path):
+    root = write_synthetic(tmp_path / "t")
+    write_idx(root / "train-labels-idx1-ubyte.gz", np.zeros(150, np.uint8))
+    with pytest.raises(DataError, match="150 labels for 200 images"):
+        load_dataset(data=root)
+
+
+def test_label_out_of_range(tmp_path):
+    root = write_synthetic(tmp_path / "t", n_classes=3, classmap=list("あいう"))
+    y = np.zeros(200, np.uint8)
+    y[5] = 7
+    write_idx(root / "train-labels-idx1-ubyte.gz", y)
+    with pytest.raises(DataError, match="label 7 outside the 3 classes"):
+        load_dataset(data=root)
+
+
+def test_missing_files_and_folder(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        load_dataset(data=tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no train images file found"):
+        load_dataset(data=tmp_path / "empty")
+
+
+def test_named_dataset_md5_enforced(tmp_path):
+    root = write_synthetic(tmp_path / "t")
+    with pytest.raises(DataError, match="does not match the published kmnist file"):
+        load_dataset("kmnist", root)
+    with pytest.raises(DataError, match="unknown dataset 'nope'"):
+        load_dataset("nope", root)
+
+
+def test_env_var_and_precedence(tmp_path, monkeypatch):
+    a, b = write_synthetic(tmp_path / "a", n_train=100), write_synthetic(tmp_path / "b", n_train=120)
+    monkeypatch.setenv("KMNIST_FA_DATA", str(a))
+    assert len(load_dataset().train_y) == 100
+    assert len(load_dataset(data=b).train_y) == 120  # --data wins over the env var
+
+
+def test_fastai_folder_is_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("KMNIST_FA_DATA", raising=False)
+    monkeypatch.setattr(datasets, "fastai_data_dir", lambda: tmp_path)
+    with pytest.raises(DataError, match=r"kmnist-fa data download kmnist"):
+        load_dataset()
+
+
+# ------------------------------------------------------------------ download over loopback
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with HTTP Range support (http.server has none); records Range headers."""
+
+    ranges: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        path = Path(self.directory) / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        rng = self.headers.get("Range")
+        RangeHandler.ranges.append((self.path, rng))
+        start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def server(tmp_path):
+    src = write_synthetic(tmp_path / "served")
+    handler = lambda *a, **k: RangeHandler(*a, directory=str(src), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    RangeHandler.ranges = []
+    yield src, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def tiny_spec(server, monkeypatch):
+    src, url = server
+    spec = replace(datasets.DATASETS["mnist"], name="tiny", mirrors=(url,), classmap=None,
+                   md5={f: (md5sum(src / f),) for f in datasets.DATASETS["mnist"].files.values()})
+    monkeypatch.setitem(datasets.DATASETS, "tiny", spec)
+    return spec
+
+
+def test_download_verifies_and_loads(tmp_path, tiny_spec):
+    dest = tmp_path / "dl"
+    seen = []
+    datasets.download("tiny", dest, progress=lambda f, d, t: seen.append((f, d, t)))
+    for f, md5 in tiny_spec.md5.items():
+        assert md5sum(dest / f) == md5[0]
+    assert not list(dest.glob("*.part"))
+    assert seen[-1][1] == seen[-1][2]  # progress reached the total
+    d = load_dataset("tiny", dest)  # named: MD5s enforced and pass
+    assert d.named and len(d.train_y) == 200
+
+
+def test_download_resumes_partial_file(tmp_path, server, tiny_spec):
+    src, _ = server
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    name = "train-images-idx3-ubyte.gz"
+    full = (src / name).read_bytes()
+    (dest / (name + ".part")).write_bytes(full[: len(full) // 2])
+    datasets.download("tiny", dest)
+    assert (dest / name).read_bytes() == full
+    assert (f"/{name}", f"bytes={len(full) // 2}-") in RangeHandler.ranges
+
+
+def test_download_rejects_wrong_md5(tmp_path, tiny_spec, monkeypatch):
+    bad = replace(tiny_spec, md5={**tiny_spec.md5, "t10k-images-idx3-ubyte.gz": ("0" * 32,)})
+    monkeypatch.setitem(datasets.DATASETS, "tiny", bad)
+    with pytest.raises(DataError, match="has MD5 .* expected 0000"):
+        datasets.download("tiny", tmp_path / "dl")
+    assert not (tmp_path / "dl" / "t10k-images-idx3-ubyte.gz").exists()
+    assert not list((tmp_path / "dl").glob("*.part"))
+
+
+def test_download_offline_message(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    with pytest.raises(DataError, match=r"cannot download .*Offline\? Put the files"):
+        datasets.download("kmnist", tmp_path / "dl", mirror=f"http://127.0.0.1:{port}/")
+
+
+def test_md5sum_matches_hashlib(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 3_000_000)
+    assert md5sum(p) == hashlib.md5(b"x" * 3_000_000).hexdigest()

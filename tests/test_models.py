@@ -1,0 +1,57 @@
+import pytest
+import torch
+from torch import nn
+
+from kmnist_fa.errors import OptionError
+from kmnist_fa.models import ARCHS, create_model, get_arch, n_params, register_arch, splitter
+
+
+@pytest.mark.parametrize("arch,bn,expected", [
+    ("lenet5", None, 61_706),
+    ("alexnet5", True, 989_586),
+    ("alexnet5", False, 989_410),
+    ("alexnet7", None, 1_922_690),
+])
+def test_parameter_counts_match_the_report(arch, bn, expected):
+    m = create_model(arch, 10, bn=bn)
+    assert n_params(m) == expected
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_dropout_option():
+    m = create_model("alexnet5", dropout=0.0)
+    assert not any(isinstance(x, nn.Dropout) for x in m.modules())
+    m = create_model("alexnet7", dropout=0.3)
+    assert [x.p for x in m.modules() if isinstance(x, nn.Dropout)] == [0.3, 0.3]
+    with pytest.raises(OptionError, match="--dropout must be in"):
+        create_model("alexnet5", dropout=1.0)
+
+
+def test_xresnet_baseline_registered():
+    m = create_model("xresnet18", 49)
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 49)
+
+
+def test_register_new_arch_with_one_decorator():
+    @register_arch("tiny-test", bn=False, dropout=0.0)
+    def tiny(n_classes=10, bn=False, dropout=0.0):
+        """A two-layer toy."""
+        return nn.Sequential(nn.Sequential(nn.Flatten()), nn.Sequential(nn.Linear(784, n_classes)))
+
+    try:
+        assert get_arch("tiny-test").description == "A two-layer toy."
+        assert n_params(create_model("tiny-test")) == 7850
+    finally:
+        ARCHS.pop("tiny-test")
+
+
+def test_splitter_body_head():
+    m = create_model("lenet5")
+    body, head = splitter(m)
+    assert sum(p.numel() for p in body) == 156 + 2416
+    assert sum(p.numel() for p in head) == 48120 + 10164 + 850
+
+
+def test_unknown_arch():
+    with pytest.raises(OptionError, match="unknown architecture 'resnet9000'"):
+        get_arch("resnet9000")

@@ -1,0 +1,154 @@
+import json
+
+import pytest
+import torch
+
+from kmnist_fa import runs
+from kmnist_fa.errors import OptionError, RunError
+from kmnist_fa.learner import TrainConfig, resume, train
+
+try:
+    from fastai.callback.core import Callback
+except ImportError:  # pragma: no cover
+    raise
+
+
+class Interrupt(Callback):
+    """Simulates Ctrl-C right after an epoch's files are written."""
+    order = 90
+
+    def __init__(self, after_epoch: int):
+        self.at = after_epoch
+
+    def after_epoch(self):
+        if self.epoch == self.at:
+            raise KeyboardInterrupt
+
+
+def _cfg(kmnist, **kw):
+    base = dict(arch="lenet5", epochs=3, lr=3e-3, data=str(kmnist.root), aug="light")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_lenet_learns_well_above_chance(lenet_run):
+    meta = lenet_run.meta
+    assert meta["status"] == "complete" and meta["epochs_done"] == 4
+    assert meta["best"]["accuracy"] > 0.75  # chance is 0.10
+    assert meta["split"]["n_train"] == 5400 and meta["split"]["n_valid"] == 600
+
+
+def test_run_folder_contents(lenet_run):
+    p = lenet_run.path
+    assert {f.name for f in p.iterdir()} == {"model.pth", "run.json", "history.csv", "curves.png"}
+    sd = torch.load(p / "model.pth", weights_only=True)
+    assert set(sd) == set(lenet_run.learn.model.state_dict())
+    meta = json.loads((p / "run.json").read_text())
+    for key in ("config", "norm", "classes", "chars", "data", "split", "history", "best", "wall_time_s", "device",
+                "versions", "n_params", "lr"):
+        assert key in meta, key
+    assert meta["n_params"] == 61_706
+    assert meta["data"]["files"]["train_images"]["md5"] == "cc561f1428ce5d999f4935255949a783"
+    assert len(meta["history"]) == 4
+    assert (p / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,valid_loss,accuracy")
+    best = max(meta["history"], key=lambda h: h["accuracy"])
+    assert meta["best"]["epoch"] == best["epoch"]
+
+
+def test_best_epoch_weights_are_kept(lenet_run):
+    sd = torch.load(lenet_run.path / "model.pth", weights_only=True)
+    for k, v in lenet_run.learn.model.state_dict().items():
+        assert torch.equal(v.cpu(), sd[k])
+
+
+def test_same_seed_same_weights(kmnist, tmp_path):
+    a = train(_cfg(kmnist, epochs=1), name="a", root=tmp_path, quiet=True, data=kmnist)
+    b = train(_cfg(kmnist, epochs=1), name="b", root=tmp_path, quiet=True, data=kmnist)
+    c = train(_cfg(kmnist, epochs=1, seed=7), name="c", root=tmp_path, quiet=True, data=kmnist)
+    sa, sb, sc = (torch.load(r.path / "model.pth", weights_only=True) for r in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_resume_equals_uninterrupted(kmnist, tmp_path):
+    full = train(_cfg(kmnist), name="full", root=tmp_path, quiet=True, data=kmnist)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(kmnist), name="cut", root=tmp_path, quiet=True, data=kmnist, cbs=[Interrupt(1)])
+    meta = runs.read_run(tmp_path / "cut")
+    assert meta["status"] == "running" and meta["epochs_done"] == 2
+    assert (tmp_path / "cut" / "checkpoint.pth").exists()
+    done = resume("cut", root=tmp_path, quiet=True, data=kmnist)
+    assert done.meta["status"] == "complete" and done.meta["epochs_done"] == 3
+    assert not (tmp_path / "cut" / "checkpoint.pth").exists()
+    sf = torch.load(full.path / "model.pth", weights_only=True)
+    sc = torch.load(done.path / "model.pth", weights_only=True)
+    assert all(torch.equal(sf[k], sc[k]) for k in sf)
+    assert [h["accuracy"] for h in full.meta["history"]] == [h["accuracy"] for h in done.meta["history"]]
+    with pytest.raises(RunError, match="already complete"):
+        resume("cut", root=tmp_path, quiet=True, data=kmnist)
+
+
+def test_full_split_keeps_last_epoch(kmnist, tmp_path):
+    r = train(_cfg(kmnist, epochs=2, full=True), name="full", root=tmp_path, quiet=True, data=kmnist)
+    assert r.meta["split"]["n_valid"] == 0 and r.meta["best"]["epoch"] == 1
+    assert r.meta["best"]["accuracy"] is None
+
+
+def test_kfold_runs_use_different_validation(kmnist, tmp_path):
+    metas = [train(_cfg(kmnist, epochs=1, n_folds=5, fold=k), name=f"f{k}", root=tmp_path, quiet=True,
+                   data=kmnist).meta for k in (0, 1)]
+    assert metas[0]["split"]["fold"] == 0 and metas[1]["split"]["fold"] == 1
+    assert metas[0]["split"]["n_valid"] == metas[1]["split"]["n_valid"] == 1200
+
+
+def test_lr_find_when_lr_omitted(kmnist, tmp_path):
+    msgs = []
+    r = train(_cfg(kmnist, epochs=1, lr=None), name="auto", root=tmp_path, quiet=True, data=kmnist, log=msgs.append)
+    assert r.meta["lr_source"] == "lr_find valley" and 1e-6 < r.meta["lr"] < 1
+    assert msgs and "valley" in msgs[0]
+
+
+@pytest.mark.parametrize("opt,schedule", [("sgd", "flat"), ("rmsprop", "cosine")])
+def test_optimisers_and_schedules(kmnist, tmp_path, opt, schedule):
+    r = train(_cfg(kmnist, epochs=1, opt=opt, schedule=schedule, lr=1e-2 if opt == "sgd" else 1e-3,
+                   mom=0.9 if opt == "sgd" else None),
+              name="x", root=tmp_path, quiet=True, data=kmnist)
+    assert r.meta["config"]["opt"] == opt and r.meta["best"]["accuracy"] > 0.2
+
+
+def test_existing_name_refused(lenet_run):
+    with pytest.raises(OptionError, match="already exists"):
+        train(TrainConfig(), name="lenet-fixture", root=lenet_run.path.parent, quiet=True)
+
+
+def test_corrupt_and_missing_files(lenet_run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(lenet_run.path, bad)
+    (bad / "model.pth").write_bytes((bad / "model.pth").read_bytes()[:100])
+    with pytest.raises(RunError, match="model.pth: corrupt"):
+        runs.load_state(bad / "model.pth")
+    (bad / "model.pth").unlink()
+    with pytest.raises(RunError, match="model.pth: missing"):
+        runs.load_state(bad / "model.pth")
+    meta = json.loads((bad / "run.json").read_text())
+    meta["format_version"] = 99
+    (bad / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="newer kmnist-fa"):
+        runs.read_run(bad)
+    (bad / "run.json").write_text("{not json")
+    with pytest.raises(RunError, match="corrupt JSON"):
+        runs.read_run(bad)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(epochs=0), "--epochs must be at least 1"),
+    (dict(opt="lamb"), "--opt must be one of"),
+    (dict(schedule="step"), "--schedule must be one of"),
+    (dict(lr=-1.0), "--lr must be positive"),
+    (dict(mixup=True, cutmix=True), "cannot be used together"),
+    (dict(arch="vgg"), "unknown architecture"),
+])
+def test_bad_config(kw, msg):
+    with pytest.raises(OptionError, match=msg):
+        TrainConfig(**kw)

@@ -213,16 +213,17 @@ def array_dl(dls: DataLoaders, images: np.ndarray, labels: np.ndarray | None = N
     return dls.valid.new(ds, bs=bs or dls.valid.bs, shuffle=False, drop_last=False)
 
 
-def inference_dls(classes: Sequence[str], mean: float, std: float, device=None, bs: int = 256) -> DataLoaders:
-    """DataLoaders with no data but the right vocab and normalisation, for loaded runs."""
-    empty = np.zeros((0, 28, 28), dtype=np.uint8)
+def inference_dls(classes: Sequence[str], mean: float, std: float, device=None, bs: int = 256,
+                  aug: str = "none") -> DataLoaders:
+    """DataLoaders with no data but the right vocab, normalisation and (for TTA) augmentation."""
+    blank = np.zeros((1, 28, 28), dtype=np.uint8)  # fastai's setup needs one item to infer types
     block = DataBlock(
-        blocks=(TransformBlock(type_tfms=ArrayImage(empty)), CategoryBlock(vocab=list(classes), sort=False)),
-        get_y=ArrayLabel(np.zeros(0, dtype=np.int64), classes),
-        splitter=lambda _: ([], []),
-        batch_tfms=batch_tfms(mean, std, "none"),
+        blocks=(TransformBlock(type_tfms=ArrayImage(blank)), CategoryBlock(vocab=list(classes), sort=False)),
+        get_y=ArrayLabel(np.zeros(1, dtype=np.int64), classes),
+        splitter=lambda _: ([0], [0]),
+        batch_tfms=batch_tfms(mean, std, aug),
     )
-    return block.dataloaders(np.arange(0), bs=bs, dl_type=ArrayDL, num_workers=0, device=device or default_device())
+    return block.dataloaders(np.arange(1), bs=bs, dl_type=ArrayDL, num_workers=0, device=device or default_device())
 
 
 def sample_batch(dls: DataLoaders, n: int = 32, train: bool = True) -> tuple[np.ndarray, np.ndarray]:

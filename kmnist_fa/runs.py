@@ -261,3 +261,19 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
         meta["_path"] = str(p.parent)
         out.append(meta)
     return out
+
+
+def reference_dir() -> Path:
+    """The reference runs shipped with the toolkit (models/reference/ in the checkout)."""
+    return Path(__file__).resolve().parents[1] / "models" / "reference"
+
+
+def reference_runs() -> list[Path]:
+    """The shipped default ensemble's members, as listed in models/reference/default.json."""
+    import json
+
+    spec = reference_dir() / "default.json"
+    if not spec.exists():
+        raise OptionError(f"no reference models are shipped in {reference_dir()} yet; pass --model RUN")
+    members = json.loads(spec.read_text(encoding="utf-8"))["members"]
+    return [reference_dir() / m for m in members]

@@ -11,7 +11,9 @@ import pytest
 warnings.filterwarnings("ignore", category=FutureWarning)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-KMNIST_10K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kmnist-10k"
+# beside the checkout (as in CI); KMNIST_FA_TEST_DATA points elsewhere (e.g. on a lent GPU machine)
+KMNIST_10K = Path(os.environ.get("KMNIST_FA_TEST_DATA")
+                  or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kmnist-10k")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,135 @@
+"""Runs loaded back from disk, and their predictions with and without TTA.
+
+`load_run` needs only run.json + model.pth: the architecture, classes and
+normalisation come from run.json, so a run predicts on a machine that never saw its
+training data. Predictions go through fastai's `get_preds` and `tta` on this
+project's `ArrayDL`, built from the run's own transforms (`array_dl`) rather than
+`dls.test_dl`, which is what makes TTA work the same for fresh and loaded runs.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    from fastai.callback.progress import ProgressCallback
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy, error_rate
+    from fastcore.basics import noop
+
+from . import runs
+from .data import array_dl, default_device, inference_dls
+from .datasets import MnistData, load_dataset
+from .errors import DataError, RunError
+from .models import create_model, n_params, splitter
+from .splits import SplitSpec, split_indices
+
+TTA_BETA = 0.25  # fastai's default: weight of the clean pass against the mean of the augmented passes
+
+
+@dataclass
+class LoadedRun:
+    name: str
+    path: Path
+    meta: dict
+    learn: Learner
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def chars(self) -> list[str] | None:
+        return self.meta.get("chars")
+
+    @property
+    def tta_aug(self) -> str:
+        """TTA replays the training augmentation; a run trained without any uses `light`."""
+        aug = self.meta["config"].get("aug", "none")
+        return "light" if aug == "none" else aug
+
+    def split(self) -> SplitSpec:
+        s = self.meta["split"]
+        return SplitSpec(s["valid_pct"], s["n_folds"], s["fold"], s["full"], s["seed"])
+
+
+def load_run(name_or_path: str | Path, root: str | Path | None = None, device=None, cpu: bool = False) -> LoadedRun:
+    """Rebuild a run's Learner for inference from run.json + model.pth alone."""
+    path = runs.run_path(name_or_path, root)
+    meta = runs.read_run(path)
+    cfg = meta["config"]
+    model = create_model(meta["arch"], len(meta["classes"]), cfg.get("bn"), cfg.get("dropout"))
+    if n_params(model) != meta["n_params"]:
+        raise RunError(f"{path / runs.RUN_FILE}: records {meta['n_params']:,} parameters but {meta['arch']} "
+                       f"builds {n_params(model):,}; the architecture changed since this run was saved")
+    state = runs.load_state(path / runs.MODEL_FILE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunError(f"{path / runs.MODEL_FILE}: does not fit {meta['arch']} ({str(e).splitlines()[0]})") from None
+    aug = cfg.get("aug", "none")
+    dls = inference_dls(meta["classes"], meta["norm"]["mean"], meta["norm"]["std"],
+                        device or default_device(cpu), aug="light" if aug == "none" else aug)
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[accuracy, error_rate], splitter=splitter)
+    learn.remove_cb(ProgressCallback)
+    learn.logger = noop
+    return LoadedRun(meta["name"], path, meta, learn)
+
+
+def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int = 4,
+                  labels: np.ndarray | None = None) -> torch.Tensor:
+    """Class probabilities (N x C, rows sum to 1) for uint8 images, optionally with TTA.
+
+    TTA is fastai's `Learner.tta`: `n` passes with the run's training augmentation,
+    averaged, then blended with the clean pass (clean weight `TTA_BETA`).
+    """
+    if len(images) == 0:
+        return torch.zeros(0, len(run.classes))
+    return tta_parts(run, images, n, labels)[2] if tta else _plain(run, images, labels)
+
+
+def _plain(run: LoadedRun, images: np.ndarray, labels=None) -> torch.Tensor:
+    dl = array_dl(run.learn.dls, images, labels)
+    probs, _ = run.learn.get_preds(dl=dl)
+    return probs.float().cpu()
+
+
+def tta_parts(run: LoadedRun, images: np.ndarray, n: int = 4, labels=None):
+    """(clean probs, mean of augmented-pass probs, blended probs)."""
+    if n < 1:
+        raise DataError(f"--tta-n must be at least 1, got {n}")
+    dl = array_dl(run.learn.dls, images, labels)
+    (aug, clean), _ = run.learn.tta(dl=dl, n=n, beta=None)
+    aug, clean = aug.float().cpu(), clean.float().cpu()
+    return clean, aug, torch.lerp(aug, clean, TTA_BETA)
+
+
+def run_data(run: LoadedRun, data: str | Path | None = None, dataset: str | None = None) -> MnistData:
+    """The dataset a run was trained on (or the one asked for)."""
+    if data is None and dataset is None:
+        d = run.meta["data"]
+        if d.get("named"):
+            dataset = d["name"]
+        data = d["root"]
+    return load_dataset(dataset, data)
+
+
+def validation_set(run: LoadedRun, data: MnistData) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The run's own validation images and labels, with warnings when they cannot be trusted."""
+    notes = []
+    if data.fingerprint != run.meta["data"]["fingerprint"]:
+        notes.append(f"{run.name}: trained on other data ({run.meta['data']['name']}); "
+                     f"its 'validation' split of {data.name} may include its training images")
+    split = run.split()
+    if split.full:
+        notes.append(f"{run.name}: trained with --full; it has no validation split, every labelled image was "
+                     "a training image")
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), notes
+    _, valid = split_indices(data.train_y, split)
+    return data.train_x[valid], data.train_y[valid], notes

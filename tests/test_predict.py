@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from kmnist_fa.cli import app
+from kmnist_fa.ensemble import agreement, combine, submission_csv
+from kmnist_fa.errors import OptionError, RunError
+from kmnist_fa.images import collect_inputs, frame
+from kmnist_fa.inference import load_run, predict_probs, run_data, tta_parts, validation_set
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def loaded(lenet_run):
+    return load_run(lenet_run.path)
+
+
+@pytest.fixture(scope="module")
+def valid(loaded):
+    x, y, notes = validation_set(loaded, run_data(loaded))
+    assert notes == []
+    return x, y
+
+
+def test_loaded_run_reproduces_recorded_validation_accuracy(loaded, valid, lenet_run):
+    x, y = valid
+    acc = float((predict_probs(loaded, x).argmax(1).numpy() == y).mean())
+    assert acc == pytest.approx(lenet_run.meta["best"]["accuracy"], abs=1e-6)
+
+
+def test_probabilities_sum_to_one_with_and_without_tta(loaded, valid):
+    x = valid[0][:64]
+    for tta in (False, True):
+        p = predict_probs(loaded, x, tta=tta, n=2)
+        assert p.shape == (64, 10)
+        assert torch.allclose(p.sum(1), torch.ones(64), atol=1e-5)
+
+
+def test_tta_clean_pass_equals_plain_and_augmented_passes_differ(loaded, valid):
+    x = valid[0][:128]
+    plain = predict_probs(loaded, x)
+    clean, aug, blended = tta_parts(loaded, x, n=2)
+    assert torch.allclose(clean, plain, atol=1e-6)
+    assert not torch.allclose(aug, plain, atol=1e-3)
+    assert torch.allclose(blended, 0.75 * aug + 0.25 * clean, atol=1e-6)
+
+
+def test_ensemble_of_one_equals_the_run(loaded, valid):
+    p = predict_probs(loaded, valid[0][:50])
+    assert torch.allclose(combine([p], "mean"), p)
+    assert torch.equal(combine([p], "vote").argmax(1), p.argmax(1))
+
+
+def test_vote_tie_break_is_seeded():
+    a = torch.eye(3)[[0, 1, 2, 0]]
+    b = torch.eye(3)[[1, 2, 0, 0]]  # rows 0-2 tie 1:1, row 3 agrees
+    v1, v2 = combine([a, b], "vote", seed=1), combine([a, b], "vote", seed=1)
+    assert torch.equal(v1.argmax(1), v2.argmax(1))
+    assert int(v1.argmax(1)[3]) == 0
+    picks = {tuple(combine([a, b], "vote", seed=s).argmax(1)[:3].tolist()) for s in range(20)}
+    assert len(picks) > 1  # different seeds break ties differently
+    for row, (i, j) in zip(v1[:3].argmax(1).tolist(), [(0, 1), (1, 2), (2, 0)]):
+        assert row in (i, j)  # a tie is only ever broken between the tied classes
+    assert torch.allclose(v1.sum(1), torch.ones(4))
+    with pytest.raises(OptionError, match="--method must be one of"):
+        combine([a], "median")
+
+
+def test_disagreement_matrix():
+    a, b = torch.eye(2)[[0, 0, 1, 1]], torch.eye(2)[[0, 1, 1, 1]]
+    m = agreement([a, b])
+    assert m[0, 1] == m[1, 0] == 0.25 and m[0, 0] == 0
+
+
+def test_submission_csv_bytes():
+    assert submission_csv(["0", "1", "2"], torch.tensor([3, 0, 9])) == "Id,Category\n0,3\n1,0\n2,9\n"
+
+
+def test_frame_keeps_28x28_and_inverts(valid):
+    img = valid[0][0]
+    assert np.array_equal(frame(img), img)
+    assert np.array_equal(frame(255 - img), img)  # dark ink on white is detected and inverted
+    assert np.array_equal(frame(255 - img, invert="no"), 255 - img)
+
+
+def test_png_inputs_other_sizes_inverted_and_corrupt(loaded, valid, tmp_path):
+    x, y = valid
+    probs = predict_probs(loaded, x)
+    conf, pred = probs.max(1)
+    picks = [i for i in range(len(x)) if conf[i] > 0.95 and pred[i] == y[i]][:10]
+    for k, i in enumerate(picks):
+        Image.fromarray(x[i]).resize((112, 112), Image.BICUBIC).save(tmp_path / f"big{k:02d}.png")
+        Image.fromarray(255 - x[i]).save(tmp_path / f"inv{k:02d}.png")
+        Image.fromarray(255 - x[i]).convert("RGB").resize((60, 60)).save(tmp_path / f"rgb{k:02d}.jpg", quality=95)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    got = collect_inputs([tmp_path])
+    assert len(got.errors) == 1 and "broken.png: not a readable image" in got.errors[0]
+    assert len(got.ids) == 3 * len(picks) and got.ids == sorted(got.ids)
+    p = predict_probs(loaded, got.images).argmax(1).numpy()
+    truth = {f"{kind}{k:02d}": y[i] for k, i in enumerate(picks) for kind in ("big", "inv", "rgb")}
+    hits = {kind: np.mean([p[j] == truth[n.split(".")[0]] for j, n in enumerate(got.ids) if n.startswith(kind)])
+            for kind in ("big", "inv", "rgb")}
+    assert hits["inv"] == 1.0  # exact inverse of a 28x28 image: identical input
+    assert hits["big"] >= 0.8 and hits["rgb"] >= 0.8, hits
+
+
+def test_predict_cli_csv_and_corrupt_file(lenet_run, valid, tmp_path):
+    x, _ = valid
+    for i in range(3):
+        Image.fromarray(x[i]).save(tmp_path / f"ok{i}.png")
+    (tmp_path / "zz.png").write_bytes(b"junk")
+    r = runner.invoke(app, ["predict", str(tmp_path), "-m", str(lenet_run.path), "--out", str(tmp_path / "s.csv")])
+    assert r.exit_code == 1
+    assert "zz.png: not a readable image" in r.output
+    lines = (tmp_path / "s.csv").read_bytes().split(b"\n")
+    assert lines[0] == b"Id,Category" and [l.split(b",")[0] for l in lines[1:4]] == [b"ok0.png", b"ok1.png", b"ok2.png"]
+    assert b"\r" not in (tmp_path / "s.csv").read_bytes()
+
+
+def test_predict_idx_file_ids_are_positions(lenet_run, kmnist_dir, tmp_path):
+    r = runner.invoke(app, ["predict", str(kmnist_dir / "t10k-images-idx3-ubyte.gz"), "-m", str(lenet_run.path),
+                            "--out", str(tmp_path / "s.csv"), "--probs", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(rows) == 4001 and rows[1].startswith("0,") and rows[-1].startswith("3999,")
+    header = (tmp_path / "p.csv").read_text().splitlines()[0]
+    assert header == "Id,Category,o,ki,su,tsu,na,ha,ma,ya,re,wo"
+
+
+def test_ensemble_cli(lenet_run, tmp_path):
+    import json
+
+    r = runner.invoke(app, ["ensemble", str(lenet_run.path), str(lenet_run.path), "--json",
+                            "--out", str(tmp_path / "e.csv")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output[: r.output.rindex("}") + 1])
+    assert res["shared_split"] is True
+    member, ens = res["rows"][0], res["rows"][-1]
+    assert member["valid_acc"] == pytest.approx(lenet_run.meta["best"]["accuracy"], abs=1e-6)
+    assert ens["valid_acc"] == member["valid_acc"] and member["agreement"] == 1.0
+    assert (tmp_path / "e.csv").read_text().count("\n") == 4001
+    assert (tmp_path / "e_disagreement.png").exists()
+
+
+def test_classes_must_match(loaded):
+    from copy import deepcopy
+
+    from kmnist_fa.ensemble import check_members
+
+    other = deepcopy(loaded)
+    other.meta["classes"] = [str(i) for i in range(10)]
+    with pytest.raises(OptionError, match="differ from"):
+        check_members([loaded, other])
+
+
+def test_load_run_rejects_wrong_weights(lenet_run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(lenet_run.path, bad)
+    torch.save({"fc.weight": torch.zeros(3)}, bad / "model.pth")
+    with pytest.raises(RunError, match="does not fit lenet5"):
+        load_run(bad)

@@ -57,7 +57,7 @@ def save_fig(fig, path: str | Path, dpi: int = 100) -> Path:
 
 
 def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 8, cell: float = 1.3,
-               title_size: int = 9):
+               title_size: int = 9, suptitle: str | None = None):
     """A grid of 28x28 uint8 images, white ink on black as KMNIST stores them."""
     japanese_font()
     n = len(images)
@@ -69,5 +69,19 @@ def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 8, cell: 
     for ax, img, title in zip(axes.flat, images, titles):
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=title_size)
-    fig.tight_layout()
+    if suptitle:
+        fig.suptitle(suptitle)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # keep the row titles clear of it
+    else:
+        fig.tight_layout()
     return fig
+
+
+def render_text(text: str, size: int = 40) -> np.ndarray:
+    """Rasterise `text` with matplotlib's current font (used to prove glyphs are not tofu boxes)."""
+    fig = plt.figure(figsize=(1, 1), dpi=size)
+    fig.text(0.5, 0.5, text, fontsize=size * 0.6, ha="center", va="center")
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., 0].copy()
+    plt.close(fig)
+    return arr

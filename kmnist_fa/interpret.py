@@ -1,0 +1,230 @@
+"""Interpretation and evaluation of saved runs: confusion, top losses, per-class metrics, HTML report.
+
+Built on fastai's `ClassificationInterpretation`, with one change that matters for a
+CLI: fastai re-runs `get_preds` in every method (confusion_matrix, most_confused,
+the report), so `CachedInterpretation` computes predictions once (optionally with
+TTA) and every table and plot reuses them.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    from fastai.interpret import ClassificationInterpretation
+
+from .atomic import write_text
+from .data import array_dl
+from .datasets import MnistData
+from .errors import DataError, OptionError
+from .inference import LoadedRun, predict_probs, validation_set
+
+SPLITS = ("valid", "test")
+
+
+class CachedInterpretation(ClassificationInterpretation):
+    """fastai's ClassificationInterpretation over predictions computed once."""
+
+    def __init__(self, run: LoadedRun, images: np.ndarray, labels: np.ndarray, probs: torch.Tensor):
+        self.images, self.labels_np = images, np.asarray(labels)
+        self.preds, self.targs = probs.float(), torch.as_tensor(self.labels_np, dtype=torch.long)
+        losses = -torch.log(self.preds[torch.arange(len(self.targs)), self.targs].clamp_min(1e-12))
+        super().__init__(run.learn, array_dl(run.learn.dls, images, labels), losses)
+
+    @property
+    def decoded(self) -> torch.Tensor:
+        return self.preds.argmax(1)
+
+    def confusion_matrix(self) -> np.ndarray:
+        """Rows: actual class, columns: predicted class (fastai's convention)."""
+        n = len(self.vocab)
+        cm = np.zeros((n, n), dtype=np.int64)
+        np.add.at(cm, (self.labels_np, self.decoded.numpy()), 1)
+        return cm
+
+    def per_class(self) -> list[dict]:
+        cm = self.confusion_matrix()
+        rows = []
+        for i, name in enumerate(self.vocab):
+            tp, pred, support = cm[i, i], cm[:, i].sum(), cm[i].sum()
+            p = tp / pred if pred else 0.0
+            r = tp / support if support else 0.0
+            rows.append({"class": i, "name": str(name), "precision": float(p), "recall": float(r),
+                         "f1": float(2 * p * r / (p + r)) if p + r else 0.0, "support": int(support)})
+        return rows
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.decoded.numpy() == self.labels_np).mean())
+
+
+def labelled_split(run: LoadedRun, data: MnistData, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images and labels of `split`, with notes on anything that makes the numbers untrustworthy."""
+    if split not in SPLITS:
+        raise OptionError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "valid":
+        x, y, notes = validation_set(run, data)
+        if len(x) == 0:
+            raise OptionError(f"--split valid: run {run.name} was trained with --full and has no validation images; "
+                              "use --split test on a labelled test set")
+        return x, y, notes
+    if data.test_y is None:
+        raise DataError(f"--split test: the test set of {data.name} ({data.root}) has no labels; "
+                        "evaluating needs labels — use --split valid")
+    notes = []
+    if data.fingerprint != run.meta["data"]["fingerprint"]:
+        notes.append(f"{run.name}: trained on {run.meta['data']['name']}, not {data.name}; "
+                     "whether its training images overlap these test images is unknown")
+    return data.test_x, data.test_y, notes
+
+
+def interpret(run: LoadedRun, data: MnistData, split: str = "valid", tta: bool = False, n: int = 4
+              ) -> tuple[CachedInterpretation, list[str]]:
+    x, y, notes = labelled_split(run, data, split)
+    return CachedInterpretation(run, x, y, predict_probs(run, x, tta=tta, n=n)), notes
+
+
+@dataclass
+class Evaluation:
+    name: str
+    arch: str
+    split: str
+    n: int
+    accuracy: float
+    loss: float
+    errors: int
+    flags: list[str]
+
+
+def evaluate(run: LoadedRun, data: MnistData, split: str = "valid", tta: bool = False, n: int = 4) -> Evaluation:
+    interp, notes = interpret(run, data, split, tta, n)
+    return Evaluation(run.name, run.meta["arch"], split, len(interp.targs), interp.accuracy,
+                      float(interp.losses.mean()), int((interp.decoded != interp.targs).sum()), notes)
+
+
+# --------------------------------------------------------------------------- pictures
+
+def plot_confusion(interp: CachedInterpretation, labels: list[str]):
+    """Counts and row-normalised (recall) side by side."""
+    from .plots import japanese_font, plt
+
+    japanese_font()
+    cm = interp.confusion_matrix()
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(labels)
+    size = max(4.0, 0.45 * k + 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    for ax, mat, title, fmt in ((axes[0], cm, "counts", "{:d}"), (axes[1], norm, "row-normalised", "{:.2f}")):
+        ax.imshow(mat, cmap="Blues")
+        ax.set_title(title)
+        ax.set_xticks(range(k), labels, rotation=90)
+        ax.set_yticks(range(k), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        if k <= 20:
+            thresh = mat.max() / 2
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, fmt.format(mat[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if mat[i, j] > thresh else "black")
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_losses(interp: CachedInterpretation, labels: list[str], k: int = 16):
+    from .plots import image_grid
+
+    losses, idx = interp.top_losses(min(k, len(interp.losses)))
+    titles = []
+    for loss, i in zip(losses.tolist(), idx.tolist()):
+        pred, actual = int(interp.decoded[i]), int(interp.targs[i])
+        titles.append(f"{labels[pred]} / {labels[actual]}\n{loss:.2f} / {float(interp.preds[i, pred]):.2f}")
+    return image_grid(interp.images[idx.numpy()], titles, ncols=min(8, len(titles)), cell=1.5, title_size=8,
+                      suptitle="predicted / actual, loss / probability")
+
+
+def _png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def write_report(out_dir: Path, run: LoadedRun, interp: CachedInterpretation, split: str, tta: bool,
+                 notes: list[str], images: dict[str, Path], most: list[dict], per_class: list[dict]) -> Path:
+    """One self-contained HTML page: options, curves, metrics, confusion, top losses (images inlined)."""
+    meta = run.meta
+    opts = [{"option": k, "value": v} for k, v in meta["config"].items() if k != "extra"]
+    macro_f1 = float(np.mean([r["f1"] for r in per_class]))
+    pics = "".join(f"<h2>{html.escape(t)}</h2><img src='{_png_data_uri(p)}' alt='{html.escape(t)}'>"
+                   for t, p in images.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>kmnist-fa run {html.escape(meta['name'])}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+th{{background:#eee}}img{{max-width:100%}}.note{{color:#a40}}</style></head><body>
+<h1>Run {html.escape(meta['name'])}: {html.escape(meta['arch'])}</h1>
+<p>{html.escape(split)} split of {html.escape(meta['data']['name'])}, {len(interp.targs):,} images{', with TTA' if tta else ''}:
+<b>accuracy {interp.accuracy:.4f}</b>, macro-F1 {macro_f1:.4f}, {int((interp.decoded != interp.targs).sum())} errors.
+Trained {meta.get('epochs_done', '?')} epochs in {meta.get('wall_time_s', 0):.0f}s on {html.escape(str(meta.get('device')))}.</p>
+{''.join(f'<p class="note">note: {html.escape(n)}</p>' for n in notes)}
+{pics}
+<h2>Most confused (actual → predicted)</h2>{_table(most, ['actual', 'predicted', 'count'])}
+<h2>Per class</h2>{_table(per_class, ['class', 'name', 'precision', 'recall', 'f1', 'support'])}
+<h2>Options</h2>{_table(opts, ['option', 'value'])}
+<h2>History</h2>{_table(meta.get('history', []), list((meta.get('history') or [{}])[0].keys()))}
+</body></html>
+"""
+    return write_text(out_dir / "report.html", page)
+
+
+def csv_text(rows: list[dict]) -> str:
+    import csv
+
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_interpretation(run: LoadedRun, interp: CachedInterpretation, out_dir: Path, split: str, tta: bool,
+                         notes: list[str], top_k: int = 16) -> dict:
+    """All interpretation artefacts into `out_dir`; returns the tables for the terminal."""
+    from .plots import class_labels, save_fig
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = class_labels(run.classes, run.chars)
+    save_fig(plot_confusion(interp, labels), out_dir / "confusion.png")
+    save_fig(plot_top_losses(interp, labels, top_k), out_dir / "top_losses.png")
+    cm = interp.confusion_matrix()
+    most = [{"actual": labels[i], "predicted": labels[j], "count": int(cm[i, j])}
+            for i, j in sorted(zip(*np.nonzero(cm - np.diag(np.diag(cm)))), key=lambda ij: -cm[ij])]
+    per_class = interp.per_class()
+    for r in per_class:
+        r["name"] = labels[r["class"]]
+    write_text(out_dir / "most_confused.csv", csv_text(most))
+    write_text(out_dir / "per_class.csv", csv_text(per_class))
+    images = {"Confusion matrix": out_dir / "confusion.png", "Top losses": out_dir / "top_losses.png"}
+    curves = run.path / "curves.png"
+    if curves.exists():
+        images = {"Training curves": curves, **images}
+    write_report(out_dir, run, interp, split, tta, notes, images, most, per_class)
+    return {"most_confused": most, "per_class": per_class, "accuracy": interp.accuracy,
+            "macro_f1": float(np.mean([r["f1"] for r in per_class]))}

@@ -163,52 +163,58 @@ def archs():
 
 # ---------------------------------------------------------------- training
 
-def _config(arch, epochs, bs, lr, opt, mom, wd, schedule, aug, mixup, cutmix, label_smoothing, bn, dropout, seed,
-            valid_pct, n_folds, fold, full, cpu, dataset, data):
-    from .learner import TrainConfig
+def _config(arch: str | None, recipe: str | None, opts: dict):
+    from .recipes import resolve_config
 
-    return TrainConfig(arch=arch, epochs=epochs, bs=bs, lr=lr, opt=opt, mom=mom, wd=wd, schedule=schedule, aug=aug,
-                       mixup=mixup, cutmix=cutmix, label_smoothing=label_smoothing, bn=bn, dropout=dropout, seed=seed,
-                       valid_pct=valid_pct, n_folds=n_folds, fold=fold, full=full, cpu=cpu, dataset=dataset,
-                       data=str(data) if data else None)
+    opts = {**opts, "data": str(opts["data"]) if opts.get("data") else None}
+    return resolve_config(arch, recipe, opts)
 
 
 def _train_options(fn):
-    """Attach the options shared by `train` and `lr-find` (one definition, one --help text)."""
+    """Attach the options shared by `train` and `lr-find` (one definition, one --help text).
+
+    Every default is None, meaning "from the recipe" (the architecture's default
+    recipe unless --recipe names another), so only options typed on the command
+    line override it.
+    """
     import inspect
 
+    rec = " (default: from the recipe)"
     opts = dict(
-        epochs=(int, typer.Option(10, "--epochs", help="Epochs to train."), 10),
-        bs=(int, typer.Option(64, "--bs", help="Batch size."), 64),
-        lr=(Optional[float], typer.Option(None, "--lr", help="Learning rate (max LR for one-cycle); "
-                                          "omitted: run lr_find and use its valley suggestion."), None),
-        opt=(str, typer.Option("adam", "--opt", help="Optimiser: sgd, adam, rmsprop."), "adam"),
+        recipe=(Optional[str], typer.Option(None, "--recipe", help="Named recipe (`kmnist-fa recipes`) or a .toml "
+                                            "file; default: default-ARCH. Options below override it.")),
+        epochs=(Optional[int], typer.Option(None, "--epochs", help="Epochs to train" + rec)),
+        bs=(Optional[int], typer.Option(None, "--bs", help="Batch size" + rec)),
+        lr=(Optional[float], typer.Option(None, "--lr", help="Learning rate (max LR for one-cycle); when neither "
+                                          "this nor the recipe sets it, lr_find's valley suggestion is used.")),
+        opt=(Optional[str], typer.Option(None, "--opt", help="Optimiser: sgd, adam, rmsprop" + rec)),
         mom=(Optional[float], typer.Option(None, "--mom", help="Momentum (Adam: beta1); fixes one-cycle's "
-                                           "momentum cycling at this value."), None),
-        wd=(Optional[float], typer.Option(None, "--wd", help="Weight decay (default: fastai's for the optimiser)."), None),
-        schedule=(str, typer.Option("one-cycle", "--schedule", help="LR schedule: one-cycle, flat, cosine."), "one-cycle"),
-        aug=(str, typer.Option("light", "--aug", help="Batch augmentation: none, light (shift ±2px, rotate ±15°), "
-                               "heavy (+ zoom, warp, brightness, contrast)."), "light"),
-        mixup=(bool, typer.Option(False, "--mixup", help="fastai MixUp callback."), False),
-        cutmix=(bool, typer.Option(False, "--cutmix", help="fastai CutMix callback."), False),
-        label_smoothing=(float, typer.Option(0.0, "--label-smoothing", help="Label smoothing for the loss."), 0.0),
+                                           "momentum cycling at this value.")),
+        wd=(Optional[float], typer.Option(None, "--wd", help="Weight decay (default: fastai's for the optimiser).")),
+        schedule=(Optional[str], typer.Option(None, "--schedule", help="LR schedule: one-cycle, flat, cosine" + rec)),
+        aug=(Optional[str], typer.Option(None, "--aug", help="Batch augmentation: none, light (shift ±2px, rotate "
+                                         "±15°), heavy (+ zoom, warp, brightness, contrast)" + rec)),
+        mixup=(Optional[bool], typer.Option(None, "--mixup/--no-mixup", help="fastai MixUp callback.")),
+        cutmix=(Optional[bool], typer.Option(None, "--cutmix/--no-cutmix", help="fastai CutMix callback.")),
+        label_smoothing=(Optional[float], typer.Option(None, "--label-smoothing", help="Label smoothing" + rec)),
         bn=(Optional[bool], typer.Option(None, "--bn/--no-bn", help="Batch norm after conv activations "
-                                         "(default: the architecture's)."), None),
+                                         "(default: the recipe's, else the architecture's).")),
         dropout=(Optional[float], typer.Option(None, "--dropout", help="Dropout before hidden FC layers; 0 disables "
-                                               "(default: the architecture's, 0.5 for the AlexNets)."), None),
-        seed=(int, typer.Option(42, "--seed", help="Random seed: split, init, shuffling, augmentation."), 42),
-        valid_pct=(float, typer.Option(0.1, "--valid-pct", help="Stratified holdout fraction."), 0.1),
-        n_folds=(Optional[int], typer.Option(None, "--n-folds", help="Stratified k-fold: number of folds."), None),
-        fold=(Optional[int], typer.Option(None, "--fold", help="Which fold (0-based) validates, with --n-folds."), None),
-        full=(bool, typer.Option(False, "--full", help="Train on every labelled image (no validation)."), False),
-        cpu=(bool, typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available."), False),
-        dataset=(Optional[str], DatasetOpt, None),
-        data=(Optional[Path], DataOpt, None),
+                                               "(default: the recipe's, else the architecture's).")),
+        seed=(Optional[int], typer.Option(None, "--seed", help="Random seed: split, init, shuffling, augmentation "
+                                          "(default 42).")),
+        valid_pct=(Optional[float], typer.Option(None, "--valid-pct", help="Stratified holdout fraction (default 0.1).")),
+        n_folds=(Optional[int], typer.Option(None, "--n-folds", help="Stratified k-fold: number of folds.")),
+        fold=(Optional[int], typer.Option(None, "--fold", help="Which fold (0-based) validates, with --n-folds.")),
+        full=(Optional[bool], typer.Option(None, "--full", help="Train on every labelled image (no validation).")),
+        cpu=(Optional[bool], typer.Option(None, "--cpu", help="Use the CPU even when CUDA is available.")),
+        dataset=(Optional[str], DatasetOpt),
+        data=(Optional[Path], DataOpt),
     )
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t)
-               for k, (t, o, _) in opts.items()]
+               for k, (t, o) in opts.items()]
     fn.__signature__ = sig.replace(parameters=params)
     return fn
 
@@ -216,7 +222,8 @@ def _train_options(fn):
 @app.command("train")
 @friendly
 @_train_options
-def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
+def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`); optional "
+                                                  "with a --recipe that names one."),
               name: Optional[str] = typer.Option(None, "--name", help="Run name (default ARCH-DATE-TIME)."),
               resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run by name; "
                                                    "its saved options are used."),
@@ -226,6 +233,7 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     from .learner import resume as resume_run
     from .learner import train
     from .progress import RichProgress
+    from .runs import check_name
 
     progress = None if quiet else RichProgress(err)
     if resume:
@@ -233,9 +241,13 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
             raise OptionError("--resume uses the run's saved options: give no ARCH")
         res = resume_run(resume, models_dir, quiet=quiet, progress=progress)
     else:
-        if arch is None:
-            raise OptionError("ARCH is required (see `kmnist-fa archs`), or --resume NAME")
-        cfg = _config(arch, **opts)
+        if arch is None and not opts.get("recipe"):
+            raise OptionError("ARCH is required (see `kmnist-fa archs`), or --recipe NAME, or --resume NAME")
+        cfg, recipe = _config(arch, opts.pop("recipe"), opts)
+        if name:
+            check_name(name)
+        if not quiet:
+            err.print(f"recipe: {recipe or 'none (toolkit defaults)'}", highlight=False)
         res = train(cfg, name, models_dir, quiet=quiet, progress=progress,
                     log=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)))
     best = res.meta.get("best") or {}
@@ -245,21 +257,35 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
                  else "no validation split (--full)") + f" -> {res.path}")
 
 
+@app.command("recipes")
+def recipes_cmd():
+    """List training recipes: the report's table rows and each architecture's default."""
+    from .recipes import list_recipes
+
+    t = Table(title="recipes (kmnist-fa train --recipe NAME)")
+    for c in ("name", "arch", "epochs", "opt", "lr", "schedule", "aug", "description"):
+        t.add_column(c, no_wrap=c != "description")
+    for name, r in list_recipes().items():
+        t.add_row(name, r.get("arch", ""), str(r.get("epochs", "")), r.get("opt", ""), str(r.get("lr", "lr_find")),
+                  r.get("schedule", ""), r.get("aug", ""), r.get("description", ""))
+    out.print(t)
+
+
 @app.command("lr-find")
 @friendly
 @_train_options
-def lr_find_cmd(arch: str = typer.Argument(..., help="Architecture (see `kmnist-fa archs`)."),
+def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
                 out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Where to write the plot (PNG)."),
                 **opts):
     """Run fastai's lr_find; print the valley/slide/minimum/steep suggestions and save the plot."""
     from .learner import build_learner, prepare, suggest_lrs
     from .progress import RichProgress
 
-    cfg = _config(arch, **opts)
+    cfg, _ = _config(arch, opts.pop("recipe"), opts)
     _, dls = prepare(cfg)
     learn = build_learner(dls, cfg, progress=RichProgress(err))
     sugg = suggest_lrs(learn, out_file)
-    t = Table(title=f"lr_find suggestions ({arch}, {cfg.opt}, bs {cfg.bs})")
+    t = Table(title=f"lr_find suggestions ({cfg.arch}, {cfg.opt}, bs {cfg.bs})")
     t.add_column("method")
     t.add_column("lr", justify="right")
     for k, v in sugg.items():

@@ -1,0 +1,52 @@
+import pytest
+from typer.testing import CliRunner
+
+from kmnist_fa.cli import app
+from kmnist_fa.errors import OptionError
+from kmnist_fa.recipes import list_recipes, load_recipe, resolve_config
+
+
+def test_report_rows_are_recipes():
+    names = set(list_recipes())
+    for row in ("report-lenet5", "report-lenet5-aug", "report-alexnet5-aug", "report-alexnet5-bn",
+                "report-alexnet7-adam", "report-alexnet7-sgd"):
+        assert row in names
+    sgd = load_recipe("report-alexnet7-sgd")
+    assert (sgd["opt"], sgd["lr"], sgd["mom"], sgd["wd"]) == ("sgd", 5e-3, 0.8, 1e-4)
+
+
+def test_every_recipe_builds_a_config():
+    for name, r in list_recipes().items():
+        cfg, used = resolve_config(None, name, {})
+        assert used == name and cfg.arch == r["arch"] and cfg.extra["recipe"] == name
+
+
+def test_command_line_overrides_recipe():
+    cfg, _ = resolve_config(None, "report-alexnet5-bn", {"epochs": 3, "lr": None, "aug": "heavy"})
+    assert (cfg.epochs, cfg.lr, cfg.aug, cfg.bn) == (3, 1e-4, "heavy", True)
+
+
+def test_recipe_arch_mismatch_and_unknown(tmp_path):
+    with pytest.raises(OptionError, match="is for alexnet5, not lenet5"):
+        resolve_config("lenet5", "report-alexnet5-bn", {})
+    with pytest.raises(OptionError, match="unknown recipe 'nope'"):
+        load_recipe("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arch = "lenet5"\nlearning_rate = 3\n')
+    with pytest.raises(OptionError, match="unknown keys: learning_rate"):
+        load_recipe(bad)
+    bad.write_text("arch = ")
+    with pytest.raises(OptionError, match="not valid TOML"):
+        load_recipe(bad)
+
+
+def test_user_recipe_file(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text('description = "mine"\narch = "lenet5"\nepochs = 2\nlr = 0.003\n')
+    cfg, used = resolve_config(None, str(f), {})
+    assert cfg.epochs == 2 and used == str(f)
+
+
+def test_recipes_cli():
+    r = CliRunner().invoke(app, ["recipes"])
+    assert r.exit_code == 0 and "report-alexnet7-sgd" in r.output

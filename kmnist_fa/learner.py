@@ -219,9 +219,9 @@ def resume(name_or_path: str | Path, root: str | Path | None = None, quiet: bool
     ckpt_file = path / runs.CKPT_FILE
     if not ckpt_file.exists():
         raise RunError(f"{ckpt_file}: missing; the run stopped before finishing its first epoch, start it again")
-    ckpt = runs.load_state(ckpt_file)
     cfg = TrainConfig.from_dict(meta["config"])
     data, dls = prepare(cfg, data)
+    ckpt = runs.load_state(ckpt_file, dls.device)  # optimiser state must sit beside the parameters
     if data.fingerprint != meta["data"]["fingerprint"]:
         raise RunError(f"{path}: the data found now differs from the data this run was trained on "
                        f"({meta['data']['root']}); pass the same --data")

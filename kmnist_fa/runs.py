@@ -86,13 +86,18 @@ def write_run(path: str | Path, meta: dict) -> None:
     write_json(Path(path) / RUN_FILE, meta)
 
 
-def load_state(file: str | Path) -> dict:
+def cpu_state(model) -> dict:
+    """state_dict on the CPU, so a run trained on a GPU loads anywhere."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def load_state(file: str | Path, device="cpu") -> dict:
     """A tensor-only file via `weights_only=True`; corruption becomes a one-line RunError."""
     file = Path(file)
     if not file.exists():
         raise RunError(f"{file}: missing")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbage files
         raise RunError(f"{file}: corrupt or not a weights-only state file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
@@ -132,13 +137,13 @@ def rng_state(dl) -> dict:
 
 
 def set_rng_state(state: dict, dl) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(_tuplify(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    np.random.set_state((n[0], n[1].cpu().numpy().astype(np.uint32), *n[2:]))
     dl.rng.setstate(_tuplify(state["dl"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 def _tuplify(o):
@@ -198,13 +203,13 @@ class RunRecorder(Callback):
         if improved:
             self.meta["best"] = {"epoch": self.epoch, "accuracy": acc, "valid_loss": row.get("valid_loss"),
                                  "train_loss": row.get("train_loss")}
-            torch_save(self.path / MODEL_FILE, self.learn.model.state_dict())
+            torch_save(self.path / MODEL_FILE, cpu_state(self.learn.model))
         self.meta["epochs_done"] = self.epoch + 1
         self.meta["wall_time_s"] = round(self.wall0 + time.time() - self.t0, 2)
         write_history(self.path, history)
         sl = self.recorder.smooth_loss
         torch_save(self.path / CKPT_FILE, {
-            "model": self.learn.model.state_dict(), "opt": opt_state(self.learn.opt), "epoch": self.epoch,
+            "model": cpu_state(self.learn.model), "opt": opt_state(self.learn.opt), "epoch": self.epoch,
             "rng": rng_state(self.dls.train), "smooth_loss": [sl.count, float(sl.val)]})
         write_run(self.path, self.meta)
 

@@ -132,6 +132,33 @@ def summarise(results: list[dict], root: Path, n_folds: int) -> dict:
             "tta_n": TTA_N, "n_folds": n_folds}
 
 
+def results_from_runs(root: Path) -> list[dict]:
+    """Rebuild the job results from finished run folders (after an interrupted selection
+    whose runs were completed with `kmnist-fa train --resume`)."""
+    import numpy as np
+
+    out = []
+    for f in sorted(root.glob("*/run.json")):
+        meta = json.loads(f.read_text())
+        if meta.get("status") != "complete":
+            continue
+        extra = meta["config"].get("extra", {})
+        fold = None if meta["split"]["full"] else meta["split"]["fold"]
+        r = {"kind": "report" if "recipe" in extra and "candidate" not in extra else "candidate",
+             "name": extra.get("candidate") or extra.get("recipe"), "fold": fold, "run": meta["name"],
+             "arch": meta["arch"], "epochs": meta["config"]["epochs"], "wall_s": meta["wall_time_s"],
+             "device": meta["device"], "config": meta["config"]}
+        probs = f.parent / "valid_probs.npz"
+        if fold is not None:
+            if not probs.exists():
+                continue
+            z = np.load(probs)
+            r["acc_plain"] = float((z["plain"].argmax(1) == z["labels"]).mean())
+            r["acc_tta"] = float((z["tta"].argmax(1) == z["labels"]).mean())
+        out.append(r)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -139,6 +166,8 @@ def main(argv=None):
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="1 epoch, 2 folds, two candidates, no report rows")
+    ap.add_argument("--from-runs", action="store_true", help="Train nothing: summarise the finished runs "
+                    "already in OUT/runs")
     ap.add_argument("--deadline", type=float, default=None, help="Seconds after which unstarted jobs are dropped "
                     "and the selection uses what finished")
     args = ap.parse_args(argv)
@@ -157,6 +186,8 @@ def main(argv=None):
     results = []
     import multiprocessing as mp
 
+    if args.from_runs:
+        jobs, results = [], results_from_runs(root)
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
         futs = {pool.submit(job, k, n, c, str(Path(args.data).resolve()), str(root), folds, f, args.smoke): (n, f)
                 for k, n, c, f in jobs}

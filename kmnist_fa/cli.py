@@ -296,13 +296,15 @@ def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (s
 
 # ---------------------------------------------------------------- prediction
 
-def _members(models: list[str] | None, models_dir, cpu: bool):
-    """Loaded runs for --model options, or the shipped reference ensemble."""
+def _members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, dict]:
+    """Loaded runs for --model options, or the shipped reference ensemble with its TTA settings."""
     from .inference import load_run
-    from .runs import reference_runs
+    from .runs import reference_default
 
-    paths = models or reference_runs()
-    return [load_run(m, models_dir, cpu=cpu) for m in paths]
+    if models:
+        return [load_run(m, models_dir, cpu=cpu) for m in models], {"tta": False}
+    ref = reference_default()
+    return [load_run(p, cpu=cpu, tta_aug=ref.get("tta_aug")) for p in ref["paths"]], ref
 
 
 def _class_table(ids, probs, members, limit: int = 40) -> Table:
@@ -322,7 +324,8 @@ def _class_table(ids, probs, members, limit: int = 40) -> Table:
 
 TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fastai tta) per model "
                       "(default: on for the shipped reference ensemble, off for --model runs).")
-TtaNOpt = typer.Option(4, "--tta-n", min=1, help="Augmented passes per model with --tta (plus the clean pass).")
+TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model with --tta, plus the clean pass "
+                       "(default 4; the reference ensemble's own setting when it is used).")
 MethodOpt = typer.Option("mean", "--method", help="Combine models by 'mean' of probabilities or majority 'vote'.")
 SeedOpt = typer.Option(42, "--seed", help="Seed for vote tie-breaking.")
 
@@ -333,7 +336,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
                                                    "folder (its test split), folder of images, or image files."),
                 model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Run name or folder; repeat "
                                                           "for an ensemble (default: the shipped reference ensemble)."),
-                tta: Optional[bool] = TtaOpt, tta_n: int = TtaNOpt, method: str = MethodOpt, seed: int = SeedOpt,
+                tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: str = MethodOpt, seed: int = SeedOpt,
                 invert: str = typer.Option("auto", "--invert", help="Image files: invert dark-on-light drawings "
                                            "(auto: decide from the border; yes; no)."),
                 out_csv: Optional[Path] = typer.Option(None, "--out", help="Write the Kaggle submission "
@@ -345,9 +348,10 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
     from .ensemble import check_members, combine, member_probs, write_probs, write_submission
     from .images import collect_inputs
 
-    members = _members(model, models_dir, cpu)
+    members, defaults = _members(model, models_dir, cpu)
     classes = check_members(members)
-    use_tta = tta if tta is not None else not model
+    use_tta = tta if tta is not None else defaults["tta"]
+    tta_n = tta_n or defaults.get("tta_n", 4)
     got = collect_inputs(inputs, invert)
     for e in got.errors:
         err.print(f"[yellow]warning:[/] {e}", highlight=False, soft_wrap=True)
@@ -372,7 +376,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
 def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", help="Runs to combine."),
                  method: str = MethodOpt, seed: int = SeedOpt,
                  tta: bool = typer.Option(False, "--tta/--no-tta", help="fastai tta per member before combining."),
-                 tta_n: int = TtaNOpt, dataset: Optional[str] = DatasetOpt, data: Optional[Path] = DataOpt,
+                 tta_n: Optional[int] = TtaNOpt, dataset: Optional[str] = DatasetOpt, data: Optional[Path] = DataOpt,
                  input_file: Optional[str] = typer.Option(None, "--input", help="Images to predict (default: the "
                                                           "dataset's test images)."),
                  out_csv: Optional[Path] = typer.Option(None, "--out", help="Write the ensemble's submission CSV."),
@@ -394,7 +398,7 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
         images, labels, ids = got.images, got.labels, got.ids
     else:
         images, labels, ids = d.test_x, d.test_y, [str(i) for i in range(len(d.test_x))]
-    res = analyse(members, d, images, labels, method, tta, tta_n, seed)
+    res = analyse(members, d, images, labels, method, tta, tta_n or 4, seed)
     if as_json:
         out.print_json(json.dumps({k: res[k] for k in ("rows", "names", "notes", "shared_split")}
                                   | {"disagreement": res["disagreement"].tolist()}))
@@ -438,7 +442,7 @@ SplitOpt = typer.Option("valid", "--split", help="valid: the run's own validatio
 def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run name or folder."),
                   dataset: Optional[str] = DatasetOpt, data: Optional[Path] = DataOpt, split: str = SplitOpt,
                   tta: bool = typer.Option(False, "--tta/--no-tta", help="Predict with fastai tta."),
-                  tta_n: int = TtaNOpt,
+                  tta_n: Optional[int] = TtaNOpt,
                   top_k: int = typer.Option(16, "--top-k", min=1, max=64, help="Images in the top-losses grid."),
                   out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
                                                          "(default: models/RUN/interpret/)."),
@@ -450,7 +454,7 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
 
     run = load_run(run_name, models_dir, cpu=cpu)
     d = run_data(run, data, dataset)
-    interp, notes = interpret(run, d, split, tta, tta_n)
+    interp, notes = interpret(run, d, split, tta, tta_n or 4)
     target = out_dir or run.path / "interpret"
     res = write_interpretation(run, interp, target, split, tta, notes, top_k)
     for note in notes:
@@ -476,7 +480,7 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
 def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", help="Runs to evaluate."),
                  dataset: Optional[str] = DatasetOpt, data: Optional[Path] = DataOpt, split: str = SplitOpt,
                  tta: bool = typer.Option(False, "--tta/--no-tta", help="Predict with fastai tta."),
-                 tta_n: int = TtaNOpt,
+                 tta_n: Optional[int] = TtaNOpt,
                  as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
                  models_dir: Optional[Path] = ModelsDirOpt,
                  cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
@@ -489,7 +493,7 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     results, splits = [], set()
     for name in run_names:
         run = load_run(name, models_dir, cpu=cpu)
-        results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n))
+        results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n or 4))
         splits.add((run.meta["data"]["fingerprint"], run.split()))
     if split == "valid" and len(splits) > 1:
         for r in results:

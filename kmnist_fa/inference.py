@@ -48,19 +48,18 @@ class LoadedRun:
     def chars(self) -> list[str] | None:
         return self.meta.get("chars")
 
-    @property
-    def tta_aug(self) -> str:
-        """TTA replays the training augmentation; a run trained without any uses `light`."""
-        aug = self.meta["config"].get("aug", "none")
-        return "light" if aug == "none" else aug
-
     def split(self) -> SplitSpec:
         s = self.meta["split"]
         return SplitSpec(s["valid_pct"], s["n_folds"], s["fold"], s["full"], s["seed"])
 
 
-def load_run(name_or_path: str | Path, root: str | Path | None = None, device=None, cpu: bool = False) -> LoadedRun:
-    """Rebuild a run's Learner for inference from run.json + model.pth alone."""
+def load_run(name_or_path: str | Path, root: str | Path | None = None, device=None, cpu: bool = False,
+             tta_aug: str | None = None) -> LoadedRun:
+    """Rebuild a run's Learner for inference from run.json + model.pth alone.
+
+    `tta_aug` is the augmentation TTA replays; default: the run's training preset
+    (`light` for a run trained without augmentation).
+    """
     path = runs.run_path(name_or_path, root)
     meta = runs.read_run(path)
     cfg = meta["config"]
@@ -73,7 +72,7 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
         model.load_state_dict(state)
     except RuntimeError as e:
         raise RunError(f"{path / runs.MODEL_FILE}: does not fit {meta['arch']} ({str(e).splitlines()[0]})") from None
-    aug = cfg.get("aug", "none")
+    aug = tta_aug or cfg.get("aug", "none")
     dls = inference_dls(meta["classes"], meta["norm"]["mean"], meta["norm"]["std"],
                         device or default_device(cpu), aug="light" if aug == "none" else aug)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[accuracy, error_rate], splitter=splitter)

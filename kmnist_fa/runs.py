@@ -273,12 +273,13 @@ def reference_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "models" / "reference"
 
 
-def reference_runs() -> list[Path]:
-    """The shipped default ensemble's members, as listed in models/reference/default.json."""
+def reference_default() -> dict:
+    """The shipped default ensemble (models/reference/default.json): member folders and TTA settings."""
     import json
 
     spec = reference_dir() / "default.json"
     if not spec.exists():
-        raise OptionError(f"no reference models are shipped in {reference_dir()} yet; pass --model RUN")
-    members = json.loads(spec.read_text(encoding="utf-8"))["members"]
-    return [reference_dir() / m for m in members]
+        raise OptionError(f"no reference models are shipped in {reference_dir()}; pass --model RUN")
+    d = json.loads(spec.read_text(encoding="utf-8"))
+    d["paths"] = [reference_dir() / m for m in d["members"]]
+    return d

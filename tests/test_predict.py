@@ -164,3 +164,13 @@ def test_load_run_rejects_wrong_weights(lenet_run, tmp_path):
     torch.save({"fc.weight": torch.zeros(3)}, bad / "model.pth")
     with pytest.raises(RunError, match="does not fit lenet5"):
         load_run(bad)
+
+
+def test_predict_works_out_of_the_box_with_reference_models(valid, tmp_path):
+    """`kmnist-fa predict char.png` with no --model uses the shipped default (with its TTA)."""
+    x, y = valid
+    Image.fromarray(255 - x[0]).resize((90, 90)).save(tmp_path / "char.png")
+    r = runner.invoke(app, ["predict", str(tmp_path / "char.png"), "--out", str(tmp_path / "s.csv"), "--tta-n", "2"])
+    assert r.exit_code == 0, r.output
+    assert "TTA" in r.output
+    assert (tmp_path / "s.csv").read_text().splitlines()[1].startswith("char.png,")

@@ -1,0 +1,71 @@
+"""Copy finished runs into models/reference/ as the shipped reference models.
+
+Each exported run keeps its run.json (renamed, with its source recorded) and gains a
+`check` block: its predictions on a fixed batch of labelled images, which the test
+suite recomputes to prove the shipped weights still load and behave. `default.json`
+names the members of the default ensemble that `kmnist-fa predict` uses and its TTA
+settings.
+
+    python benchmarks/export_reference.py cv-out/runs/alexnet7-heavy-40-full:alexnet7 ... \
+        --default alexnet7 --tta-n 8 --data ../shared/data/kmnist-10k
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kmnist_fa.atomic import write_json  # noqa: E402
+from kmnist_fa.datasets import load_dataset  # noqa: E402
+from kmnist_fa.inference import load_run, predict_probs  # noqa: E402
+from kmnist_fa.runs import reference_dir  # noqa: E402
+
+CHECK_N = 64
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="SRC_RUN_FOLDER:NAME")
+    ap.add_argument("--default", nargs="+", required=True, help="NAMEs in the default ensemble")
+    ap.add_argument("--tta-n", type=int, default=8)
+    ap.add_argument("--no-tta", action="store_true")
+    ap.add_argument("--data", required=True, help="labelled data for the check batch (train images 0..63)")
+    ap.add_argument("--data-label", default="../shared/data/kmnist-10k",
+                    help="what to record as the runs' data root (the path users have)")
+    ap.add_argument("--chosen-by", default="")
+    args = ap.parse_args(argv)
+    dest = reference_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(data=args.data)
+    for spec in args.runs:
+        src, name = spec.rsplit(":", 1)
+        src, out = Path(src), dest / name
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir()
+        for f in ("model.pth", "history.csv", "curves.png"):
+            shutil.copy2(src / f, out / f)
+        meta = json.loads((src / "run.json").read_text())
+        meta["reference"] = {"source_run": meta["name"], "trained_on": meta.get("device")}
+        meta["name"] = name
+        meta["data"]["root"] = args.data_label
+        write_json(out / "run.json", meta)
+        run = load_run(out, cpu=True)
+        probs = predict_probs(run, data.train_x[:CHECK_N])
+        meta["check"] = {"images": f"train images 0..{CHECK_N - 1} of {data.name}",
+                         "classes": probs.argmax(1).tolist(),
+                         "top_prob": [round(float(p), 5) for p in probs.max(1).values]}
+        write_json(out / "run.json", meta)
+        print(f"{name}: {meta['n_params']:,} params, {(out / 'model.pth').stat().st_size / 1e6:.1f} MB")
+    write_json(dest / "default.json", {"members": args.default, "tta": not args.no_tta, "tta_n": args.tta_n,
+                                       "method": "mean", "chosen_by": args.chosen_by})
+
+
+if __name__ == "__main__":
+    main()

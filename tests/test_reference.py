@@ -1,0 +1,33 @@
+"""The shipped reference runs: they load, match their parameter counts, and reproduce their recorded predictions."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kmnist_fa.inference import load_run, predict_probs
+from kmnist_fa.models import create_model, n_params
+from kmnist_fa.runs import reference_default, reference_dir
+
+SHIPPED = sorted(p for p in reference_dir().iterdir() if (p / "run.json").exists())
+
+
+def test_reference_runs_are_shipped():
+    assert {p.name for p in SHIPPED} >= {"lenet5", "alexnet5", "alexnet7"}
+    ref = reference_default()
+    assert all(p.exists() for p in ref["paths"]) and ref["tta"] in (True, False) and ref["tta_n"] >= 1
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_run_loads_and_reproduces_its_check_batch(path, kmnist):
+    assert (path / "model.pth").stat().st_size <= 10 * 2**20
+    sd = torch.load(path / "model.pth", weights_only=True)  # no pickled code
+    meta = json.loads((path / "run.json").read_text())
+    model = create_model(meta["arch"], len(meta["classes"]), meta["config"]["bn"], meta["config"]["dropout"])
+    assert n_params(model) == meta["n_params"] == sum(v.numel() for k, v in sd.items() if "running" not in k
+                                                       and "num_batches" not in k)
+    run = load_run(path, cpu=True)
+    n = len(meta["check"]["classes"])
+    probs = predict_probs(run, kmnist.train_x[:n])
+    assert probs.argmax(1).tolist() == meta["check"]["classes"]
+    np.testing.assert_allclose(probs.max(1).values.numpy(), meta["check"]["top_prob"], atol=1e-4)

@@ -208,6 +208,12 @@ def _train_options(fn):
         fold=(Optional[int], typer.Option(None, "--fold", help="Which fold (0-based) validates, with --n-folds.")),
         full=(Optional[bool], typer.Option(None, "--full", help="Train on every labelled image (no validation).")),
         cpu=(Optional[bool], typer.Option(None, "--cpu", help="Use the CPU even when CUDA is available.")),
+        from_run=(Optional[str], typer.Option(None, "--from", help="Transfer: start from this run's weights (same "
+                                              "arch; head re-created if the classes differ) or a state_dict .pth.")),
+        freeze_epochs=(Optional[int], typer.Option(None, "--freeze-epochs", help="Transfer: epochs with the body "
+                                                   "frozen before unfreezing with discriminative LRs (default 1).")),
+        partial=(Optional[bool], typer.Option(None, "--partial", help="Transfer: skip layers that do not fit "
+                                              "(listed) instead of failing.")),
         dataset=(Optional[str], DatasetOpt),
         data=(Optional[Path], DataOpt),
     )
@@ -512,6 +518,10 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
 
 # ---------------------------------------------------------------- runs
 
+def _total(meta: dict) -> int:
+    return meta.get("total_epochs") or meta["config"]["epochs"]
+
+
 @models_app.callback()
 @friendly
 def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
@@ -535,7 +545,7 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
             t.add_row(r["name"], "", "", "", "", f"[red]{r['error']}[/]", "")
             continue
         acc = (r.get("best") or {}).get("accuracy")
-        t.add_row(r["name"], r.get("arch", "?"), f"{r.get('epochs_done', 0)}/{r['config']['epochs']}",
+        t.add_row(r["name"], r.get("arch", "?"), f"{r.get('epochs_done', 0)}/{_total(r)}",
                   "-" if acc is None else f"{acc:.4f}", r.get("split", {}).get("kind", "?"), r.get("status", "?"),
                   r.get("created", ""))
     out.print(t)
@@ -558,7 +568,7 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
     best = meta.get("best") or {}
     rows = [
         ("arch", f"{meta['arch']} ({meta['n_params']:,} parameters)"),
-        ("status", f"{meta['status']}, {meta.get('epochs_done', 0)}/{meta['config']['epochs']} epochs, "
+        ("status", f"{meta['status']}, {meta.get('epochs_done', 0)}/{_total(meta)} epochs, "
                    f"{meta.get('wall_time_s', 0):.0f}s on {meta.get('device')}"),
         ("data", f"{meta['data']['name']} ({meta['data']['root']})"),
         ("split", f"{meta['split']['kind']}: {meta['split']['n_train']:,} train / {meta['split']['n_valid']:,} valid, "
@@ -570,6 +580,9 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
         ("normalisation", f"mean {meta['norm']['mean']:.4f}, std {meta['norm']['std']:.4f}"),
         ("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())),
     ]
+    from .transfer import lineage
+
+    rows += [("lineage", " <- ".join([meta["name"], *lineage(meta)]))] if meta.get("parent") else []
     rows += [(f"option {k}", str(v)) for k, v in meta["config"].items() if k != "extra"]
     for k, v in rows:
         t.add_row(k, v)

@@ -33,6 +33,7 @@ from .datasets import MnistData, load_dataset
 from .errors import OptionError, RunError
 from .models import create_model, get_arch, n_params, splitter
 from .splits import SplitSpec
+from .transfer import LR_MULT, init_from
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSProp}
 SCHEDULES = ("one-cycle", "flat", "cosine")
@@ -64,6 +65,9 @@ class TrainConfig:
     cpu: bool = False
     dataset: str | None = None
     data: str | None = None
+    from_run: str | None = None  # transfer: parent run (name/folder) or a state_dict .pth file
+    freeze_epochs: int = 1  # transfer: epochs with the body frozen before unfreezing
+    partial: bool = False  # transfer: skip layers that do not fit instead of failing
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -80,11 +84,16 @@ class TrainConfig:
             (not (self.mixup and self.cutmix), "--mixup and --cutmix cannot be used together"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.freeze_epochs >= 0, f"--freeze-epochs must be non-negative, got {self.freeze_epochs}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise OptionError(msg)
         self.split  # validates the split options
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + (self.freeze_epochs if self.from_run else 0)
 
     @property
     def split(self) -> SplitSpec:
@@ -136,7 +145,22 @@ def suggest_lrs(learn: Learner, plot: str | Path | None = None) -> dict[str, flo
     return {k: float(v) for k, v in res._asdict().items()}
 
 
-def _fit(learn: Learner, cfg: TrainConfig, lr: float, start_epoch: int = 0) -> None:
+def _fit(learn: Learner, cfg: TrainConfig, lr: float, start_epoch: int = 0, recorder=None) -> None:
+    """Fit from global epoch `start_epoch`; transfer runs follow fastai's fine_tune in two phases."""
+    if cfg.from_run:
+        n = cfg.freeze_epochs
+        if start_epoch < n:
+            learn.freeze()
+            if recorder:
+                recorder.offset, recorder.start_epoch = 0, start_epoch
+            learn.fit_one_cycle(n, lr, pct_start=0.99, start_epoch=start_epoch)
+        learn.unfreeze()
+        if recorder:
+            recorder.offset, recorder.start_epoch = n, max(0, start_epoch - n)
+        base = lr / 2  # fastai fine_tune halves the LR for the unfrozen phase
+        learn.fit_one_cycle(cfg.epochs, slice(base / LR_MULT, base), pct_start=0.3, div=5.0,
+                            start_epoch=max(0, start_epoch - n))
+        return
     if cfg.schedule == "one-cycle":
         moms = None if cfg.mom is None else (cfg.mom, cfg.mom, cfg.mom)
         learn.fit_one_cycle(cfg.epochs, lr, moms=moms, start_epoch=start_epoch)
@@ -171,7 +195,14 @@ def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = N
         raise OptionError(f"--name: run {name!r} already exists in {path.parent}; pick another name "
                           f"or `--resume {name}` to continue it")
     data, dls = prepare(cfg, data)
-    learn = build_learner(dls, cfg, quiet=quiet, progress=progress)
+    model = parent = None
+    if cfg.from_run:
+        model, parent = init_from(cfg.from_run, cfg.arch, len(data.classes), cfg.bn, cfg.dropout, cfg.partial, root)
+        if parent["skipped"]:
+            log(f"--from: skipped {len(parent['skipped'])} layers that do not fit: {', '.join(parent['skipped'])}")
+    learn = build_learner(dls, cfg, model=model, quiet=quiet, progress=progress)
+    if cfg.from_run:
+        learn.freeze()  # lr_find on the model as its first phase trains it
     lr, lr_source = cfg.lr, "--lr"
     if lr is None:
         lr, lr_source = suggest_lrs(learn)["valley"], "lr_find valley"
@@ -186,6 +217,7 @@ def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = N
         "split": {**cfg.split.to_dict(), "kind": cfg.split.kind, "n_train": len(dls.info.train_idx),
                   "n_valid": len(dls.info.valid_idx)},
         "device": str(dls.device), "versions": runs.versions(), "history": [], "wall_time_s": 0.0,
+        "total_epochs": cfg.total_epochs, "parent": parent,
     }
     path.mkdir(parents=True, exist_ok=True)
     runs.write_run(path, meta)
@@ -196,7 +228,7 @@ def _run_fit(learn, cfg, lr, path, meta, start_epoch, cbs, smooth_loss=None) -> 
     recorder = runs.RunRecorder(path, meta, start_epoch, smooth_loss)
     learn.add_cbs([recorder, *(cbs or [])])
     try:
-        _fit(learn, cfg, lr, start_epoch)
+        _fit(learn, cfg, lr, start_epoch, recorder)
     finally:
         learn.remove_cbs([recorder, *(cbs or [])])
     meta["status"] = "complete"
@@ -225,7 +257,8 @@ def resume(name_or_path: str | Path, root: str | Path | None = None, quiet: bool
     if data.fingerprint != meta["data"]["fingerprint"]:
         raise RunError(f"{path}: the data found now differs from the data this run was trained on "
                        f"({meta['data']['root']}); pass the same --data")
-    learn = build_learner(dls, cfg, quiet=quiet, progress=progress)
+    model = create_model(cfg.arch, len(data.classes), cfg.bn, cfg.dropout)  # weights come from the checkpoint
+    learn = build_learner(dls, cfg, model=model, quiet=quiet, progress=progress)
     learn.model.load_state_dict(ckpt["model"])
     learn.create_opt()
     runs.load_opt_state(learn.opt, ckpt["opt"])

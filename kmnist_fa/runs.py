@@ -179,6 +179,7 @@ class RunRecorder(Callback):
 
     def __init__(self, path: Path, meta: dict, start_epoch: int = 0, smooth_loss: list | None = None):
         self.path, self.meta, self.start_epoch, self.smooth_loss = Path(path), meta, start_epoch, smooth_loss
+        self.offset = 0  # epochs of earlier phases (fine-tuning fits twice)
 
     def before_fit(self):
         self.t0 = time.time()
@@ -186,6 +187,7 @@ class RunRecorder(Callback):
         if self.smooth_loss is not None:  # so a resumed run logs the same train_loss as an uninterrupted one
             sl = self.recorder.smooth_loss
             sl.count, sl.val = self.smooth_loss[0], torch.tensor(self.smooth_loss[1], device=sl.val.device)
+            self.smooth_loss = None  # only the first fit of a resume continues the saved average
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:  # fastai's SkipToEpoch still fires after_epoch for skipped epochs
@@ -193,7 +195,8 @@ class RunRecorder(Callback):
         names = list(self.recorder.metric_names)[1:]
         row = dict(zip(names, self.recorder.values[-1] + [None] * (len(names) - len(self.recorder.values[-1]))))
         row.pop("time", None)
-        row = {"epoch": self.epoch, **{k: (None if v is None else float(v)) for k, v in row.items()},
+        epoch = self.offset + self.epoch
+        row = {"epoch": epoch, **{k: (None if v is None else float(v)) for k, v in row.items()},
                "seconds": round(time.time() - self._epoch_t0, 2) if hasattr(self, "_epoch_t0") else None}
         history = self.meta.setdefault("history", [])
         history.append(row)
@@ -201,15 +204,15 @@ class RunRecorder(Callback):
         best = self.meta.get("best")
         improved = best is None or acc is None or (best.get("accuracy") is not None and acc > best["accuracy"])
         if improved:
-            self.meta["best"] = {"epoch": self.epoch, "accuracy": acc, "valid_loss": row.get("valid_loss"),
+            self.meta["best"] = {"epoch": epoch, "accuracy": acc, "valid_loss": row.get("valid_loss"),
                                  "train_loss": row.get("train_loss")}
             torch_save(self.path / MODEL_FILE, cpu_state(self.learn.model))
-        self.meta["epochs_done"] = self.epoch + 1
+        self.meta["epochs_done"] = epoch + 1
         self.meta["wall_time_s"] = round(self.wall0 + time.time() - self.t0, 2)
         write_history(self.path, history)
         sl = self.recorder.smooth_loss
         torch_save(self.path / CKPT_FILE, {
-            "model": cpu_state(self.learn.model), "opt": opt_state(self.learn.opt), "epoch": self.epoch,
+            "model": cpu_state(self.learn.model), "opt": opt_state(self.learn.opt), "epoch": epoch,
             "rng": rng_state(self.dls.train), "smooth_loss": [sl.count, float(sl.val)]})
         write_run(self.path, self.meta)
 

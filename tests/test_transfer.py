@@ -83,3 +83,19 @@ def test_state_dict_file_and_mismatch(parent12, kmnist, tmp_path):
 def test_arch_must_match(parent12):
     with pytest.raises(OptionError, match="that run is a lenet5, not a alexnet5"):
         init_from(str(parent12.path), "alexnet5", 10, None, None)
+
+
+def test_fine_tune_resume_across_phases_equals_uninterrupted(parent12, kmnist, tmp_path):
+    from kmnist_fa.learner import resume
+
+    from .test_training import Interrupt
+
+    cfg = dict(arch="lenet5", epochs=2, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path), data=str(kmnist.root))
+    full = train(TrainConfig(**cfg), name="full", root=tmp_path, quiet=True, data=kmnist)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg), name="cut", root=tmp_path, quiet=True, data=kmnist, cbs=[Interrupt(0)])
+    done = resume("cut", root=tmp_path, quiet=True, data=kmnist)
+    a = torch.load(full.path / "model.pth", weights_only=True)
+    b = torch.load(done.path / "model.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["epoch"] for h in done.meta["history"]] == [0, 1, 2]

@@ -1,0 +1,91 @@
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from kmnist_fa import sweep as sw
+from kmnist_fa.cli import app
+from kmnist_fa.errors import OptionError
+from kmnist_fa.learner import TrainConfig
+
+
+def _base(kmnist, **kw):
+    return TrainConfig(**{**dict(arch="lenet5", epochs=1, lr=3e-3, data=str(kmnist.root)), **kw})
+
+
+def test_line_and_grid_counts(kmnist):
+    base = _base(kmnist)
+    params = [sw.parse_param("lr=1e-3,3e-3,1e-2"), sw.parse_param("wd=0,1e-4,1e-2")]
+    line = sw.expand(base, params, "line")
+    assert len(line) == 6  # lr=3e-3 is the base: counted once
+    assert {"lr": 3e-3, "wd": None} in line
+    assert len(sw.expand(base, params, "grid")) == 9
+    assert sw.parse_param("bn=true,false") == ("bn", [True, False])
+    assert sw.parse_param("label-smoothing=0,0.1") == ("label_smoothing", [0.0, 0.1])
+    with pytest.raises(OptionError, match="not sweepable"):
+        sw.parse_param("arch=lenet5")
+    with pytest.raises(OptionError, match="'abc' is not a valid value"):
+        sw.parse_param("lr=abc")
+    with pytest.raises(OptionError, match="--opt must be one of"):
+        sw.expand(base, [sw.parse_param("opt=adam,lamb")], "line")
+
+
+def test_kfold_coverage_and_names(kmnist):
+    base = _base(kmnist, n_folds=3, fold=0)
+    plan = sw.plan(base, [sw.parse_param("lr=1e-3,3e-3")], "line", 3, "all")
+    assert len(plan) == 6 and len({j.name for j in plan}) == 6
+    for cid in {sw.config_id(j.config) for j in plan}:
+        assert sorted(j.fold for j in plan if sw.config_id(j.config) == cid) == [0, 1, 2]
+    assert [j.fold for j in sw.plan(base, [sw.parse_param("lr=1e-3")], "line", 3, "0,2")] == [0, 2]
+    with pytest.raises(OptionError, match="--folds must be within 0..2"):
+        sw.plan(base, [sw.parse_param("lr=1e-3")], "line", 3, "5")
+
+
+@pytest.fixture(scope="module")
+def swept(kmnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    base = _base(kmnist, n_folds=2, fold=0)
+    params = [sw.parse_param("lr=3e-4,3e-3")]
+    plan = sw.plan(base, params, "line", 2, "all")
+    outcome = sw.run_sweep(base, plan, root / "s1", jobs=1, threads=1)
+    return base, params, plan, root, outcome
+
+
+def test_sweep_runs_results_plot_and_resume(swept):
+    base, params, plan, root, outcome = swept
+    assert set(outcome.values()) == {"trained"} and len(outcome) == 4
+    rows = sw.results(root / "s1", plan)
+    assert [r["folds_done"] for r in rows] == [2, 2]
+    assert rows[0]["acc_mean"] >= rows[1]["acc_mean"] and rows[0]["lr"] == 3e-3  # best first
+    png = sw.write_results(root / "s1", rows, params, base)
+    assert Image.open(png).size[0] > 200
+    lines = (root / "s1" / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("config,lr,folds_done") and len(lines) == 3
+    recipe = sw.best_recipe(rows, base, root / "s1" / "best.toml")
+    from kmnist_fa.recipes import load_recipe
+
+    assert load_recipe(recipe)["lr"] == 3e-3
+    again = sw.run_sweep(base, plan, root / "s1", jobs=1, threads=1)
+    assert set(again.values()) == {"skipped"}
+    (root / "s1" / plan[0].name / "run.json").unlink()  # a member that died before writing anything useful
+    assert sw.run_sweep(base, plan, root / "s1", jobs=1, threads=1)[plan[0].name] == "trained"
+
+
+def test_jobs_2_gives_the_same_results(swept):
+    base, params, plan, root, _ = swept
+    outcome = sw.run_sweep(base, plan, root / "s2", jobs=2, threads=1)
+    assert set(outcome.values()) == {"trained"}
+    a = {r["config"]: r["fold_accs"] for r in sw.results(root / "s1", plan)}
+    b = {r["config"]: r["fold_accs"] for r in sw.results(root / "s2", plan)}
+    assert a == b
+
+
+def test_sweep_cli(kmnist, tmp_path):
+    r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr=3e-3", "--epochs", "1", "--data", str(kmnist.root),
+                                 "--models-dir", str(tmp_path), "--name", "cli", "--save-recipe",
+                                 str(tmp_path / "best.toml")])
+    assert r.exit_code == 0, r.output
+    assert "lr-0.003" in r.output and (tmp_path / "best.toml").exists() and (tmp_path / "cli" / "sweep.png").exists()
+    r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr", "--models-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "expected NAME=V1,V2" in r.output

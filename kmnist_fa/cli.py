@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,7 @@ from . import __version__
 from .errors import KmnistError, OptionError
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes image files; never open a window
 
 out = Console()
 err = Console(stderr=True)

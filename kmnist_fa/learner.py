@@ -129,19 +129,13 @@ def build_learner(dls, cfg: TrainConfig, model: torch.nn.Module | None = None, q
 
 def suggest_lrs(learn: Learner, plot: str | Path | None = None) -> dict[str, float]:
     """fastai's lr_find with all four suggestions; optionally saves the plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .atomic import write_with
+    from .plots import plt, save_fig
 
     res = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=plot is not None)
     if plot is not None:
         fig = plt.gcf()
         fig.set_size_inches(6, 4)
-        write_with(plot, lambda p: fig.savefig(p, format="png", dpi=100))
-        plt.close(fig)
+        save_fig(fig, plot)
     return {k: float(v) for k, v in res._asdict().items()}
 
 

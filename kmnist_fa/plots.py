@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .atomic import write_with  # noqa: E402
+from .atomic import write_with
 
 
 def font_has(char: str, family: str | None = None) -> bool:

@@ -234,12 +234,7 @@ def plot_curves(path: Path, history: list[dict]) -> Path | None:
     """Loss and accuracy per epoch, the picture people look at first."""
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .atomic import write_with
+    from .plots import plt, save_fig
 
     ep = [h["epoch"] + 1 for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
@@ -252,9 +247,7 @@ def plot_curves(path: Path, history: list[dict]) -> Path | None:
         b.plot(ep, [h.get("accuracy") for h in history], color="C2")
     b.set(xlabel="epoch", ylabel="accuracy", title="valid accuracy")
     fig.tight_layout()
-    out = write_with(Path(path) / CURVES_FILE, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
-    return out
+    return save_fig(fig, Path(path) / CURVES_FILE)
 
 
 def list_runs(root: str | Path | None = None) -> list[dict]:

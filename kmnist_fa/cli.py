@@ -214,6 +214,8 @@ def _train_options(fn):
                                               "arch; head re-created if the classes differ) or a state_dict .pth.")),
         freeze_epochs=(Optional[int], typer.Option(None, "--freeze-epochs", help="Transfer: epochs with the body "
                                                    "frozen before unfreezing with discriminative LRs (default 1).")),
+        lr_mult=(Optional[float], typer.Option(None, "--lr-mult", help="Transfer: head LR / body LR once "
+                                               "unfrozen (default 100, fastai's).")),
         partial=(Optional[bool], typer.Option(None, "--partial", help="Transfer: skip layers that do not fit "
                                               "(listed) instead of failing.")),
         dataset=(Optional[str], DatasetOpt),
@@ -519,6 +521,30 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     if probs_csv:
         write_probs(probs_csv, ids, res["probs"], members[0].classes)
         out.print(f"wrote {probs_csv}")
+
+
+@app.command("serve")
+@friendly
+def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...]", help="Runs to serve "
+                                                          "(default: the shipped reference model)."),
+              host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default)."),
+              port: int = typer.Option(7860, "--port", min=1, max=65535, help="TCP port."),
+              tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: str = MethodOpt,
+              models_dir: Optional[Path] = ModelsDirOpt,
+              cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
+    """Web demo: draw a character (or upload an image) and watch the top-3 guesses. Needs the demo extra."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise OptionError('serve needs the demo extra: pip install -e ".[demo]"') from None
+    from .serve import Predictor, create_app
+
+    members, defaults = _members(model, models_dir, cpu)
+    predictor = Predictor(members, tta if tta is not None else defaults["tta"], tta_n or defaults.get("tta_n", 4),
+                          method)
+    err.print(f"serving {', '.join(m.name for m in members)} on http://{host}:{port}/ (Ctrl-C stops)",
+              highlight=False)
+    uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning")
 
 
 # ---------------------------------------------------------------- interpretation

@@ -62,26 +62,36 @@ def frame(gray: np.ndarray, invert: str = "auto", size: int = 28, margin: int = 
     return out
 
 
-def read_image(path: str | Path, invert: str = "auto") -> np.ndarray:
-    """One image file -> framed 28x28 uint8; unreadable files raise DataError."""
+def decode_image(source, name: str, invert: str = "auto") -> np.ndarray:
+    """Image bytes or file (any size/mode) -> framed 28x28 uint8; unreadable ones raise DataError."""
+    import io
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise DataError(f"{path}: image is {im.width}x{im.height}, larger than kmnist-fa accepts")
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):  # transparent drawing: composite on white
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            gray = np.asarray(im.convert("L"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise DataError(f"{name}: image is {im.width}x{im.height}, larger than kmnist-fa accepts")
+                im.load()
+                if im.mode in ("RGBA", "LA", "P"):  # transparent drawing: composite on white
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(bg, im)
+                gray = np.asarray(im.convert("L"))
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: not a readable image ({type(e).__name__})") from None
+        raise DataError(f"{name}: file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise DataError(f"{name}: not a readable image ({type(e).__name__})") from None
     return frame(gray, invert)
+
+
+def read_image(path: str | Path, invert: str = "auto") -> np.ndarray:
+    """One image file -> framed 28x28 uint8; unreadable files raise DataError."""
+    return decode_image(Path(path), str(path), invert)
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -33,7 +33,7 @@ from .datasets import MnistData, load_dataset
 from .errors import OptionError, RunError
 from .models import create_model, get_arch, n_params, splitter
 from .splits import SplitSpec
-from .transfer import LR_MULT, init_from
+from .transfer import init_from
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSProp}
 SCHEDULES = ("one-cycle", "flat", "cosine")
@@ -68,6 +68,7 @@ class TrainConfig:
     from_run: str | None = None  # transfer: parent run (name/folder) or a state_dict .pth file
     freeze_epochs: int = 1  # transfer: epochs with the body frozen before unfreezing
     partial: bool = False  # transfer: skip layers that do not fit instead of failing
+    lr_mult: float = 100.0  # transfer: head LR / body LR once unfrozen (fastai fine_tune's default)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -85,6 +86,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.freeze_epochs >= 0, f"--freeze-epochs must be non-negative, got {self.freeze_epochs}"),
+            (self.lr_mult >= 1, f"--lr-mult must be at least 1, got {self.lr_mult}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -152,7 +154,7 @@ def _fit(learn: Learner, cfg: TrainConfig, lr: float, start_epoch: int = 0, reco
         if recorder:
             recorder.offset, recorder.start_epoch = n, max(0, start_epoch - n)
         base = lr / 2  # fastai fine_tune halves the LR for the unfrozen phase
-        learn.fit_one_cycle(cfg.epochs, slice(base / LR_MULT, base), pct_start=0.3, div=5.0,
+        learn.fit_one_cycle(cfg.epochs, slice(base / cfg.lr_mult, base), pct_start=0.3, div=5.0,
                             start_epoch=max(0, start_epoch - n))
         return
     if cfg.schedule == "one-cycle":

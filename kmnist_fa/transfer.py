@@ -4,7 +4,7 @@ Every registered model is `nn.Sequential(body, head)`. The body is always taken 
 the parent; the head too when the class count matches, and is built fresh when it does
 not (Fashion-MNIST or K49 -> KMNIST). Training then follows fastai's `fine_tune`:
 the body frozen for `freeze_epochs`, then everything unfrozen with discriminative
-learning rates (the body at lr/lr_mult, the head at lr).
+learning rates (the body at lr/lr_mult, the head at lr; lr_mult 100 as in fastai).
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from . import runs
 from .datasets import md5sum
 from .errors import OptionError, RunError
 from .models import create_model
-
-LR_MULT = 100  # fastai fine_tune's default spread between head and body learning rates
 
 
 def _source(src: str, root) -> tuple[dict, dict]:

@@ -182,12 +182,14 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archs", default="lenet5,alexnet5,alexnet7")
     ap.add_argument("--datasets", default=",".join(DATASETS), help="which of " + ", ".join(DATASETS))
+    ap.add_argument("--kmnist", type=Path, default=DATASETS["kmnist-10k"], help="folder of the KMNIST-10k sample")
     ap.add_argument("--smoke", action="store_true", help="lenet5, 5 batches, 1 repeat, 200 test images")
     args = ap.parse_args(argv)
     if args.one:
         return one(args)
     if args.smoke:
         args.archs, args.batches, args.repeats, args.limit = "lenet5", 5, 1, 200
+    DATASETS["kmnist-10k"] = args.kmnist
     sets = {k: v for k, v in DATASETS.items() if v.exists() and k in args.datasets.split(",")}
     if args.smoke:
         sets = dict(list(sets.items())[:1])
@@ -209,7 +211,7 @@ def main(argv=None):
     print("\n| inference on the unlabelled test images | img/s | RSS MB |\n|---|---:|---:|")
     for kind, label in (("infer-plain", "alexnet5 plain"), ("infer-tta", "alexnet5 TTA n=4"),
                         ("infer-ensemble", "default reference (predict with no --model)")):
-        s = stats([run_one(kind, "-", DATASETS["kmnist-10k"], *common, *(["--limit", args.limit] if args.limit else []))
+        s = stats([run_one(kind, "-", args.kmnist, *common, *(["--limit", args.limit] if args.limit else []))
                    for _ in range(args.repeats)])
         print(f"| {label} | {s['ips']:,.0f} ({s['lo']:,.0f}-{s['hi']:,.0f}) | {s['rss']:.0f} |", flush=True)
 

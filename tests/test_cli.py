@@ -109,8 +109,8 @@ def test_data_benchmark_smoke(kmnist_dir):
     assert "plain tensor indexing" in r.stdout and "kmnist-fa aug=heavy" in r.stdout
 
 
-def test_training_benchmark_smoke():
-    r = subprocess.run([sys.executable, "benchmarks/bench.py", "--smoke", "--datasets", "kmnist-10k"], cwd=ROOT,
-                       capture_output=True, text=True)
+def test_training_benchmark_smoke(kmnist_dir):
+    r = subprocess.run([sys.executable, "benchmarks/bench.py", "--smoke", "--datasets", "kmnist-10k",
+                        "--kmnist", str(kmnist_dir)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "| kmnist-10k | lenet5 |" in r.stdout and "default reference" in r.stdout

@@ -15,13 +15,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 with warnings.catch_warnings():  # fastai's import trips torch's jit deprecation notice
     warnings.simplefilter("ignore", FutureWarning)
     from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
     from fastai.data.core import Datasets, DataLoaders, TfmdDL
     from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
-    from fastai.torch_core import TensorCategory, TensorImageBW
+    from fastai.torch_core import TensorCategory, TensorImage, TensorImageBW
     from fastai.vision.augment import (AffineCoordTfm, Brightness, Contrast, PadMode, Warp, Zoom, affine_mat,
                                        rotate_mat)
     from fasttransform import Transform
@@ -119,8 +120,20 @@ class TrainOnlyAffine(AffineCoordTfm):
     """
 
     def before_call(self, b, split_idx):
-        super().before_call(b, split_idx)
+        while isinstance(b, tuple):
+            b = b[0]
+        # matrices from a plain tensor: fastai's typed-tensor dispatch cost more than the maths
+        super().before_call(b.as_subclass(torch.Tensor), split_idx)
         self.do = split_idx == 0  # training (and fastai tta) only, like RandTransform
+
+    def encodes(self, x: TensorImage):
+        if len(self.coord_fs):  # warps need fastai's coordinate pipeline
+            return super().encodes(x)
+        # shift/rotate/zoom only: the one affine resample fastai's affine_coord would do, on plain tensors
+        plain = x.as_subclass(torch.Tensor)
+        grid = F.affine_grid(self.mat.as_subclass(torch.Tensor), list(plain.shape), align_corners=True)
+        out = F.grid_sample(plain, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out.as_subclass(type(x))
 
 
 def aug_tfms(preset: str = "light") -> list:

@@ -17,6 +17,7 @@ import torch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
+    from fastai.callback.core import Callback
     from fastai.callback.mixup import CutMix, MixUp
     from fastai.callback.progress import ProgressCallback
     from fastai.callback.schedule import ParamScheduler, SchedCos, minimum, slide, steep, valley
@@ -110,13 +111,31 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+class PlainTensors(Callback):
+    """Hand the model plain `torch.Tensor`s during training.
+
+    fastai's typed tensors (TensorImageBW, TensorCategory) route every op of the
+    forward and backward pass through a Python `__torch_function__`; for LeNet5 that
+    was about a third of the time of a training step (bench.py). Types matter only for
+    showing and decoding, which happen outside the training loop, so validation and
+    `get_preds(with_input=True)` keep them.
+    """
+
+    order = 95  # after MixUp/CutMix (90), which build on the typed batch
+
+    def before_batch(self):
+        if self.training:
+            self.learn.xb = tuple(x.as_subclass(torch.Tensor) for x in self.xb)
+            self.learn.yb = tuple(y.as_subclass(torch.Tensor) for y in self.yb)
+
+
 def build_learner(dls, cfg: TrainConfig, model: torch.nn.Module | None = None, quiet: bool = False,
                   progress: Callable | None = None) -> Learner:
     """A fastai Learner for `cfg` on `dls`; `progress` replaces fastai's progress callback."""
     model = model or create_model(cfg.arch, len(dls.vocab), cfg.bn, cfg.dropout)
     opt_kw = {} if cfg.mom is None else {"mom": cfg.mom}
     opt_func = (lambda ps, lr, **kw: OPTIMIZERS[cfg.opt](ps, lr, **{**kw, **opt_kw}))
-    cbs = [MixUp()] if cfg.mixup else [CutMix()] if cfg.cutmix else []
+    cbs = [PlainTensors()] + ([MixUp()] if cfg.mixup else [CutMix()] if cfg.cutmix else [])
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=cfg.label_smoothing),
                     opt_func=opt_func, metrics=[accuracy, error_rate], splitter=splitter, wd=cfg.wd, cbs=cbs,
                     path=Path(tempfile.gettempdir()) / "kmnist-fa", model_dir=".")

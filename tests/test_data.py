@@ -76,3 +76,17 @@ def test_sample_batch_roundtrips_to_uint8(kmnist):
     imgs, ys = sample_batch(plain, 8, train=False)
     np.testing.assert_array_equal(imgs, kmnist.train_x[plain.info.valid_idx[:8]])
     np.testing.assert_array_equal(ys, kmnist.train_y[plain.info.valid_idx[:8]])
+
+
+def test_fast_affine_equals_fastai_affine_coord(kmnist):
+    """The light preset's plain-tensor resample gives exactly fastai's affine_coord output."""
+    from fastai.data.transforms import IntToFloatTensor
+    from fastai.torch_core import TensorImageBW
+    from fastai.vision.augment import AffineCoordTfm
+
+    (tfm,) = aug_tfms("light")
+    x = IntToFloatTensor()(TensorImageBW(torch.from_numpy(kmnist.train_x[:32])[:, None]))
+    tfm.before_call((x,), split_idx=0)
+    fast = tfm.encodes(x)
+    assert type(fast) is TensorImageBW
+    assert torch.equal(fast, AffineCoordTfm.encodes(tfm, x))

@@ -253,11 +253,9 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     else:
         if arch is None and not opts.get("recipe"):
             raise OptionError("ARCH is required (see `kmnist-fa archs`), or --recipe NAME, or --resume NAME")
-        cfg, recipe = _config(arch, opts.pop("recipe"), opts)
+        cfg, _ = _config(arch, opts.pop("recipe"), opts)
         if name:
             check_name(name)
-        if not quiet:
-            err.print(f"recipe: {recipe or 'none (toolkit defaults)'}", highlight=False)
         res = train(cfg, name, models_dir, quiet=quiet, progress=progress,
                     log=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)))
     best = res.meta.get("best") or {}

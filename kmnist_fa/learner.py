@@ -210,6 +210,8 @@ def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = N
         raise OptionError(f"--name: run {name!r} already exists in {path.parent}; pick another name "
                           f"or `--resume {name}` to continue it")
     data, dls = prepare(cfg, data)
+    if "recipe" in cfg.extra:
+        log(f"recipe: {cfg.extra['recipe'] or 'none (toolkit defaults)'}")
     model = parent = None
     if cfg.from_run:
         model, parent = init_from(cfg.from_run, cfg.arch, len(data.classes), cfg.bn, cfg.dropout, cfg.partial, root)

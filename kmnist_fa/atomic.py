@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -59,6 +61,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    """Dict rows as an LF-terminated CSV (columns: `fieldnames`, default the first row's keys)."""
+    buf = io.StringIO()
+    if rows or fieldnames:
+        w = csv.DictWriter(buf, fieldnames=fieldnames or list(rows[0]), extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return write_text(path, buf.getvalue())
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:

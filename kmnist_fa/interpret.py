@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     from fastai.interpret import ClassificationInterpretation
 
-from .atomic import write_text
+from .atomic import write_csv, write_text
 from .data import array_dl
 from .datasets import MnistData
 from .errors import DataError, OptionError
@@ -193,17 +192,6 @@ Trained {meta.get('epochs_done', '?')} epochs in {meta.get('wall_time_s', 0):.0f
     return write_text(out_dir / "report.html", page)
 
 
-def csv_text(rows: list[dict]) -> str:
-    import csv
-
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
-
-
 def write_interpretation(run: LoadedRun, interp: CachedInterpretation, out_dir: Path, split: str, tta: bool,
                          notes: list[str], top_k: int = 16) -> dict:
     """All interpretation artefacts into `out_dir`; returns the tables for the terminal."""
@@ -219,8 +207,8 @@ def write_interpretation(run: LoadedRun, interp: CachedInterpretation, out_dir: 
     per_class = interp.per_class()
     for r in per_class:
         r["name"] = labels[r["class"]]
-    write_text(out_dir / "most_confused.csv", csv_text(most))
-    write_text(out_dir / "per_class.csv", csv_text(per_class))
+    write_csv(out_dir / "most_confused.csv", most, ["actual", "predicted", "count"])
+    write_csv(out_dir / "per_class.csv", per_class)
     images = {"Confusion matrix": out_dir / "confusion.png", "Top losses": out_dir / "top_losses.png"}
     curves = run.path / "curves.png"
     if curves.exists():

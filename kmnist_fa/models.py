@@ -11,7 +11,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from torch import nn
 
 with warnings.catch_warnings():

@@ -8,8 +8,6 @@ only while a run is unfinished and is what `--resume` continues from.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import random
 import re
@@ -27,7 +25,7 @@ with warnings.catch_warnings():
     from fastcore.foundation import L
 
 from . import __version__
-from .atomic import torch_save, write_json, write_text
+from .atomic import torch_save, write_csv, write_json
 from .errors import OptionError, RunError
 
 FORMAT_VERSION = 1
@@ -221,13 +219,8 @@ class RunRecorder(Callback):
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    write_text(Path(path) / HISTORY_FILE, buf.getvalue())
+    if history:
+        write_csv(Path(path) / HISTORY_FILE, history)
 
 
 def plot_curves(path: Path, history: list[dict]) -> Path | None:

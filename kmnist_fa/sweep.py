@@ -8,8 +8,6 @@ the CPU threads, or its own GPU when there are several.
 """
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import os
@@ -20,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import runs
-from .atomic import write_json, write_text
+from .atomic import write_csv, write_json, write_text
 from .errors import OptionError
 from .learner import TrainConfig
 
@@ -226,12 +224,8 @@ def results(root: Path, jobs_list: list[Job]) -> list[dict]:
 
 
 def write_results(root: Path, rows: list[dict], params: list[tuple[str, list]], base: TrainConfig) -> Path:
-    buf = io.StringIO()
     cols = ["config", *[n for n, _ in params], "folds_done", "folds", "acc_mean", "acc_sd", "loss_mean", "time_s"]
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(root / "results.csv", buf.getvalue())
+    write_csv(root / "results.csv", rows, cols)
     return plot(root / "sweep.png", rows, params, base)
 
 

@@ -1,5 +1,4 @@
 """Every notebook in nbs/ runs top to bottom in quick mode (KMNIST_FA_QUICK=1); a failing cell fails the test."""
-import os
 from pathlib import Path
 
 import nbformat

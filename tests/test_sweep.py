@@ -1,5 +1,3 @@
-import json
-
 import pytest
 from PIL import Image
 from typer.testing import CliRunner

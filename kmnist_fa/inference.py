@@ -19,7 +19,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     from fastai.callback.progress import ProgressCallback
     from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy, error_rate
     from fastcore.basics import noop
 
@@ -27,6 +26,7 @@ from . import runs
 from .data import array_dl, default_device, inference_dls
 from .datasets import MnistData, load_dataset
 from .errors import DataError, RunError
+from .learner import CrossEntropyLoss, ToolkitLearner
 from .models import create_model, n_params, splitter
 from .splits import SplitSpec, split_indices
 
@@ -75,7 +75,7 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
     aug = tta_aug or cfg.get("aug", "none")
     dls = inference_dls(meta["classes"], meta["norm"]["mean"], meta["norm"]["std"],
                         device or default_device(cpu), aug="light" if aug == "none" else aug)
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[accuracy, error_rate], splitter=splitter)
+    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLoss(), metrics=[accuracy, error_rate], splitter=splitter)
     learn.remove_cb(ProgressCallback)
     learn.logger = noop
     return LoadedRun(meta["name"], path, meta, learn)

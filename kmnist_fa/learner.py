@@ -17,7 +17,7 @@ import torch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
-    from fastai.callback.core import Callback
+    from fastai.callback.core import _inner_loop as PER_BATCH_EVENTS
     from fastai.callback.mixup import CutMix, MixUp
     from fastai.callback.progress import ProgressCallback
     from fastai.callback.schedule import ParamScheduler, SchedCos, minimum, slide, steep, valley
@@ -111,22 +111,48 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-class PlainTensors(Callback):
-    """Hand the model plain `torch.Tensor`s during training.
+class CrossEntropyLoss(CrossEntropyLossFlat):
+    """fastai's flattened cross-entropy (softmax activation, argmax decoding) on plain tensors.
 
-    fastai's typed tensors (TensorImageBW, TensorCategory) route every op of the
-    forward and backward pass through a Python `__torch_function__`; for LeNet5 that
-    was about a third of the time of a training step (bench.py). Types matter only for
-    showing and decoding, which happen outside the training loop, so validation and
-    `get_preds(with_input=True)` keep them.
+    fastai's `BaseLoss` re-wraps its inputs as `TensorBase`, so the loss, its backward
+    call and the smoothed-loss bookkeeping each went through a Python
+    `__torch_function__`; with LeNet5 on a CPU that per-batch overhead showed in bench.py.
     """
 
-    order = 95  # after MixUp/CutMix (90), which build on the typed batch
+    def _contiguous(self, x):
+        return x.transpose(self.axis, -1).contiguous().as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
 
-    def before_batch(self):
-        if self.training:
-            self.learn.xb = tuple(x.as_subclass(torch.Tensor) for x in self.xb)
-            self.learn.yb = tuple(y.as_subclass(torch.Tensor) for y in self.yb)
+
+class ToolkitLearner(Learner):
+    """fastai's `Learner`, with per-batch events sent only to the callbacks that handle them.
+
+    fastai calls every callback for every event and lets those without a handler do
+    nothing: ~35 calls a batch, about 0.3 ms of LeNet5's 7 ms CPU step (bench.py).
+    Events outside the batch loop still reach every callback, because
+    `Callback.__call__` does bookkeeping there (it re-arms `run` after `after_fit`).
+    """
+
+    def __call__(self, event_name):
+        if isinstance(event_name, str):
+            return self._call_one(event_name)
+        return super().__call__(event_name)
+
+    def _call_one(self, event_name):
+        if event_name not in PER_BATCH_EVENTS:
+            return super()._call_one(event_name)
+        handlers = self.__dict__.setdefault("_handlers", {})
+        if event_name not in handlers:
+            handlers[event_name] = [cb for cb in self.cbs.sorted("order") if hasattr(cb, event_name)]
+        for cb in handlers[event_name]:
+            cb(event_name)
+
+    def add_cb(self, cb):
+        self.__dict__.pop("_handlers", None)
+        return super().add_cb(cb)
+
+    def remove_cb(self, cb):
+        self.__dict__.pop("_handlers", None)
+        return super().remove_cb(cb)
 
 
 def build_learner(dls, cfg: TrainConfig, model: torch.nn.Module | None = None, quiet: bool = False,
@@ -135,8 +161,8 @@ def build_learner(dls, cfg: TrainConfig, model: torch.nn.Module | None = None, q
     model = model or create_model(cfg.arch, len(dls.vocab), cfg.bn, cfg.dropout)
     opt_kw = {} if cfg.mom is None else {"mom": cfg.mom}
     opt_func = (lambda ps, lr, **kw: OPTIMIZERS[cfg.opt](ps, lr, **{**kw, **opt_kw}))
-    cbs = [PlainTensors()] + ([MixUp()] if cfg.mixup else [CutMix()] if cfg.cutmix else [])
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=cfg.label_smoothing),
+    cbs = [MixUp()] if cfg.mixup else [CutMix()] if cfg.cutmix else []
+    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                     opt_func=opt_func, metrics=[accuracy, error_rate], splitter=splitter, wd=cfg.wd, cbs=cbs,
                     path=Path(tempfile.gettempdir()) / "kmnist-fa", model_dir=".")
     if quiet or progress is not None:

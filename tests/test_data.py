@@ -90,3 +90,27 @@ def test_fast_affine_equals_fastai_affine_coord(kmnist):
     fast = tfm.encodes(x)
     assert type(fast) is TensorImageBW
     assert torch.equal(fast, AffineCoordTfm.encodes(tfm, x))
+
+
+@pytest.mark.parametrize("preset", ["light", "heavy"])
+def test_affine_matrices_equal_fastai(kmnist, preset):
+    """The plain-tensor matrices are fastai's: same random draws, rotate_mat's values, the same product."""
+    from functools import partial
+
+    from fastai.torch_core import TensorImageBW
+    from fastai.vision.augment import AffineCoordTfm, rotate_mat
+
+    from kmnist_fa.data import rotation_mat
+
+    tfm = aug_tfms(preset)[0]
+    fastai_fs = [partial(rotate_mat, max_deg=f.keywords["max_deg"], p=1.0) if getattr(f, "func", None) is rotation_mat
+                 else f for f in tfm.aff_fs]
+    ref = AffineCoordTfm(aff_fs=fastai_fs, coord_fs=tfm.coord_fs, align_corners=True)
+    x = TensorImageBW(torch.from_numpy(kmnist.train_x[:32])[:, None].float() / 255)
+    torch.manual_seed(3)
+    tfm.before_call((x,), split_idx=0)
+    torch.manual_seed(3)
+    ref.before_call((x,), split_idx=0)
+    assert len(fastai_fs) == (2 if preset == "light" else 3)
+    assert type(tfm.mat) is torch.Tensor and torch.equal(tfm.mat, ref.mat.as_subclass(torch.Tensor))
+    assert not torch.equal(tfm.mat, torch.eye(3)[:2].expand(32, 2, 3))  # it did draw

@@ -152,3 +152,48 @@ def test_corrupt_and_missing_files(lenet_run, tmp_path):
 def test_bad_config(kw, msg):
     with pytest.raises(OptionError, match=msg):
         TrainConfig(**kw)
+
+
+def test_event_dispatch_matches_fastai(kmnist):
+    """ToolkitLearner sends each event to the same callbacks, in the same order, as fastai's Learner,
+    including callbacks added or removed between fits and fastai's re-arming of `run` after a fit."""
+    from fastai.learner import Learner
+
+    from kmnist_fa.data import make_dls
+    from kmnist_fa.learner import ToolkitLearner, build_learner
+    from kmnist_fa.splits import SplitSpec
+
+    class Log(Callback):
+        def __init__(self, tag, out, order=50):
+            self.tag, self.out, self.order = tag, out, order
+
+        def before_batch(self):
+            self.out.append((self.tag, "before_batch", self.training))
+
+        def after_loss(self):
+            self.out.append((self.tag, "after_loss", self.training))
+
+    class SkipOnce(Callback):  # stops its own calls for the rest of one fit, as fastai callbacks may
+        def before_fit(self):
+            self.run = False
+
+    def events(learn_cls):
+        dls = make_dls(kmnist, SplitSpec(valid_pct=0.02, seed=0), aug="none", bs=256, device="cpu")
+        learn = build_learner(dls, TrainConfig(arch="lenet5", epochs=1, lr=1e-3), quiet=True)
+        learn.__class__ = learn_cls
+        log, skip = [], SkipOnce()
+        learn.add_cbs([Log("a", log, order=60), Log("b", log, order=5), skip])
+        learn.fit(1, 1e-3)
+        first = len(log)
+        learn.add_cb(Log("c", log, order=30))  # added between fits: must get events
+        learn.fit(1, 1e-3)
+        second = len(log)
+        learn.remove_cb(learn.cbs.filter(lambda c: getattr(c, "tag", None) == "b")[0])  # must not
+        learn.fit(1, 1e-3)
+        return log, (first, second), skip.run
+
+    ours, (n1, n2), rearmed = events(ToolkitLearner)
+    theirs, ns, fastai_rearmed = events(Learner)
+    assert ours == theirs and (n1, n2) == ns and rearmed is fastai_rearmed is True
+    assert ours[0][:2] == ("b", "before_batch") and ("c", "after_loss", True) in ours[n1:n2]
+    assert ("b", "after_loss", False) in ours[n1:n2] and not any(t == "b" for t, *_ in ours[n2:])

@@ -1,11 +1,19 @@
-"""Does fastai's convenience cost speed? kmnist-fa against a hand-written PyTorch loop, in one run.
+"""Does fastai's convenience cost speed? kmnist-fa against hand-written PyTorch, in one run.
 
-Training: the same model, batch size, Adam, one-cycle schedule, label smoothing and the
-same augmentation (random shift ±2 px + rotation ±15° as one affine resample, zero
-padding) on the same uint8 tensors; only the training phase is timed, over a fixed
-number of batches. Inference: the 4,000 unlabelled images, plain, with TTA and with
-the default reference ensemble. Every measurement runs in a fresh process so its
-peak RSS is its own; each is repeated and reported as median and spread.
+Four tables, every number from a fresh process (so its peak RSS is its own), each
+measurement repeated with toolkit and hand-written runs interleaved, reported as
+median (min-max):
+
+1. training: kmnist-fa's DataLoaders + `Learner` against the loop one would write by
+   hand with the same model, batch size, Adam, one-cycle schedule, label smoothing and
+   augmentation (shift ±2 px + rotation ±15° as one affine resample, zero padding) on
+   the same uint8 tensors; only the training phase is timed, over a fixed number of
+   batches after a warm-up;
+2. the data pipeline alone: whole epochs of training batches per augmentation preset,
+   against the same steps by hand (heavy has no hand-written twin);
+3. inference on the unlabelled test images: a plain torch forward pass, the toolkit
+   without and with TTA, and the default reference model;
+4. peak RSS, in every table.
 
     python benchmarks/bench.py                 # CPU, KMNIST-10k and Fashion-MNIST
     python benchmarks/bench.py --device cuda
@@ -29,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 DATASETS = {"kmnist-10k": ROOT.parent / "shared" / "data" / "kmnist-10k",
             "fashion-60k": Path("/usr/share/datasets/fashion-mnist")}
 LR, BS, WARM = 2e-3, 64, 5  # WARM batches run before the clock starts (allocator, oneDNN/cuDNN set-up)
+INFER_ARCH, TTA_N = "alexnet5", 4
 
 
 def _rss_mb() -> float:
@@ -38,11 +47,11 @@ def _rss_mb() -> float:
 def _sync(device):
     import torch
 
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
-def _subset(folder: str, n: int):
+def _subset(folder: str, n: int | None):
     from kmnist_fa.datasets import load_dataset
 
     d = load_dataset(data=folder)
@@ -50,37 +59,72 @@ def _subset(folder: str, n: int):
     return d
 
 
-def measure_toolkit(arch: str, folder: str, n_batches: int, device: str) -> dict:
-    """Seconds for `n_batches` training batches through kmnist-fa's DataLoaders and Learner."""
+class Clock:
+    """Seconds and images from batch WARM on; the first batches pay one-off set-up."""
+
+    def __init__(self, device):
+        self.device, self.batches, self.images, self.t0 = device, 0, 0, None
+
+    def tick(self, n_images: int):
+        self.batches += 1
+        if self.batches == WARM:
+            _sync(self.device)
+            self.t0 = time.perf_counter()
+        elif self.batches > WARM:
+            self.images += n_images
+
+    def result(self) -> dict:
+        _sync(self.device)
+        return {"seconds": time.perf_counter() - self.t0, "images": self.images}
+
+
+def plain_light_aug(xb):
+    """The light preset written by hand: one random shift + rotation resample per image."""
+    import torch
+    import torch.nn.functional as F
+
+    n, dev = xb.shape[0], xb.device
+    theta = (torch.rand(n, device=dev) * 2 - 1) * math.radians(15)
+    shift = (torch.rand(n, 2, device=dev) * 2 - 1) * (2 * 2 / 28)
+    mat = torch.stack([torch.stack([theta.cos(), -theta.sin(), shift[:, 0]], 1),
+                       torch.stack([theta.sin(), theta.cos(), shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(mat, list(xb.shape), align_corners=True)
+    return F.grid_sample(xb, grid, padding_mode="zeros", align_corners=True)
+
+
+# --------------------------------------------------------------------------- 1. training
+
+def train_toolkit(arch: str, folder: str, n_batches: int, device: str) -> dict:
+    """`n_batches` training batches through kmnist-fa's DataLoaders and Learner."""
     from fastai.callback.core import Callback
 
     from kmnist_fa.learner import TrainConfig, build_learner, prepare
 
+    clock = Clock(device)
+
     class Timer(Callback):
         def after_batch(self):
-            if self.training and self.iter == WARM - 1:
-                _sync(self.dls.device)
-                self.t = time.perf_counter()
+            if self.training:
+                clock.tick(len(self.yb[0]))
 
-        def after_train(self):
-            _sync(self.dls.device)
-            self.learn.train_s = time.perf_counter() - self.t
+        def after_train(self):  # before validation
+            self.res = clock.result()
 
     n_batches += WARM
     data = _subset(folder, n_batches * BS + 2 * BS)
-    cfg = TrainConfig(arch=arch, epochs=1, lr=LR, bs=BS, aug="light", label_smoothing=0.1, valid_pct=2 * BS / len(
-        data.train_y), cpu=device == "cpu")
+    cfg = TrainConfig(arch=arch, epochs=1, lr=LR, bs=BS, aug="light", label_smoothing=0.1,
+                      valid_pct=2 * BS / len(data.train_y), cpu=device == "cpu")
     _, dls = prepare(cfg, data)
     learn = build_learner(dls, cfg, quiet=True)
-    learn.add_cb(Timer())
+    timer = Timer()
+    learn.add_cb(timer)
     learn.fit_one_cycle(1, LR)
-    return {"seconds": learn.train_s, "images": (len(dls.train) - WARM) * BS}
+    return timer.res
 
 
-def measure_plain(arch: str, folder: str, n_batches: int, device: str) -> dict:
+def train_plain(arch: str, folder: str, n_batches: int, device: str) -> dict:
     """The loop one would write by hand: same model, data, augmentation, optimiser, schedule."""
     import torch
-    import torch.nn.functional as F
 
     from kmnist_fa.data import image_stats
     from kmnist_fa.models import create_model
@@ -98,49 +142,114 @@ def measure_plain(arch: str, folder: str, n_batches: int, device: str) -> dict:
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     model.train()
     perm = torch.randperm(len(y))
+    clock = Clock(dev)
     for i in range(n_batches):
-        if i == WARM:
-            _sync(dev)
-            t = time.perf_counter()
         idx = perm[i * BS:(i + 1) * BS]
-        xb = x[idx].to(dev).float().div_(255)
-        yb = y[idx].to(dev)
-        n = xb.shape[0]
-        theta = (torch.rand(n, device=dev) * 2 - 1) * math.radians(15)
-        shift = (torch.rand(n, 2, device=dev) * 2 - 1) * (2 * 2 / 28)
-        mat = torch.stack([torch.stack([theta.cos(), -theta.sin(), shift[:, 0]], 1),
-                           torch.stack([theta.sin(), theta.cos(), shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(mat, list(xb.shape), align_corners=True)
-        xb = F.grid_sample(xb, grid, padding_mode="zeros", align_corners=True)
-        xb = (xb - mean) / std
-        loss = loss_fn(model(xb), yb)
+        xb = (plain_light_aug(x[idx].to(dev).float().div_(255)) - mean) / std
+        loss = loss_fn(model(xb), y[idx].to(dev))
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-    _sync(dev)
-    return {"seconds": time.perf_counter() - t, "images": (n_batches - WARM) * BS}
+        clock.tick(len(idx))
+    return clock.result()
 
 
-def measure_infer(kind: str, folder: str, device: str, n: int | None) -> dict:
-    """Predicting the unlabelled test images: plain, TTA (n=4), the default reference ensemble."""
+# --------------------------------------------------------------------------- 2. data pipeline
+
+def data_toolkit(preset: str, folder: str, limit: int | None, n_batches: int, device: str) -> dict:
+    """Whole epochs of `dls.train` (shuffle, batch, to-float, augment, normalise), >= `n_batches`."""
+    from kmnist_fa.data import make_dls
+    from kmnist_fa.splits import SplitSpec
+
+    dls = make_dls(_subset(folder, limit), SplitSpec(valid_pct=0.1, seed=0), preset, BS, device)
+    clock = Clock(device)
+    while clock.batches < n_batches + WARM:
+        for xb, _ in dls.train:
+            clock.tick(len(xb))
+    return clock.result()
+
+
+def data_plain(preset: str, folder: str, limit: int | None, n_batches: int, device: str) -> dict:
+    """The same epoch by hand: shuffle, index, move, float, (augment,) normalise."""
+    import torch
+
+    from kmnist_fa.data import image_stats
+    from kmnist_fa.splits import SplitSpec, split_indices
+
+    if preset not in ("none", "light"):
+        raise SystemExit(f"no hand-written pipeline for aug={preset}")
+    data = _subset(folder, limit)
+    train_idx, _ = split_indices(data.train_y, SplitSpec(valid_pct=0.1, seed=0))
+    mean, std = image_stats(data.train_x[train_idx])
+    x = torch.from_numpy(data.train_x[train_idx])[:, None]
+    y = torch.from_numpy(data.train_y[train_idx])
+    clock = Clock(device)
+    while clock.batches < n_batches + WARM:
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y) - BS + 1, BS):
+            idx = perm[i:i + BS]
+            xb = x[idx].to(device).float().div_(255)
+            xb = (plain_light_aug(xb) if preset == "light" else xb).sub_(mean).div_(std)
+            y[idx].to(device)
+            clock.tick(len(idx))
+    return clock.result()
+
+
+# --------------------------------------------------------------------------- 3. inference
+
+def infer_toolkit(kind: str, folder: str, limit: int | None, device: str) -> dict:
+    """The toolkit's predict path: a reference run loaded from disk, plain or TTA, or the default."""
     from kmnist_fa.datasets import load_dataset
     from kmnist_fa.ensemble import combine, member_probs
     from kmnist_fa.inference import load_run
     from kmnist_fa.runs import reference_default
 
-    x = load_dataset(data=folder).test_x[:n]
-    ref = reference_default()
-    if kind == "infer-ensemble":
-        members = [load_run(p, cpu=device == "cpu", tta_aug=ref.get("tta_aug")) for p in ref["paths"]]
+    x = load_dataset(data=folder).test_x[:limit]
+    cpu = device == "cpu"
+    if kind == "default":
+        ref = reference_default()
+        members = [load_run(p, cpu=cpu, tta_aug=ref.get("tta_aug")) for p in ref["paths"]]
+        tta, n = ref["tta"], ref["tta_n"]
     else:
-        members = [load_run(ROOT / "models" / "reference" / "alexnet5", cpu=device == "cpu")]
+        members, tta, n = [load_run(ROOT / "models" / "reference" / INFER_ARCH, cpu=cpu)], kind == "tta", TTA_N
+    member_probs(members, x[:WARM], tta, n)  # warm-up
+    _sync(device)
     t = time.perf_counter()
-    if kind == "infer-ensemble":
-        combine(member_probs(members, x, ref["tta"], ref["tta_n"]), ref["method"])
-    else:
-        member_probs(members, x, kind == "infer-tta", 4)
+    probs = member_probs(members, x, tta, n)
+    if kind == "default":
+        combine(probs, ref["method"])
+    _sync(device)
     return {"seconds": time.perf_counter() - t, "images": len(x)}
+
+
+def infer_plain(kind: str, folder: str, limit: int | None, device: str) -> dict:
+    """The hand-written floor: the same weights, normalise, forward in batches of 256, softmax."""
+    import torch
+
+    from kmnist_fa.datasets import load_dataset
+    from kmnist_fa.models import create_model
+
+    path = ROOT / "models" / "reference" / INFER_ARCH
+    meta = json.loads((path / "run.json").read_text())
+    model = create_model(meta["arch"], len(meta["classes"])).to(device).eval()
+    model.load_state_dict(torch.load(path / "model.pth", weights_only=True, map_location=device))
+    x = torch.from_numpy(load_dataset(data=folder).test_x[:limit])[:, None]
+    mean, std = meta["norm"]["mean"], meta["norm"]["std"]
+
+    def forward(imgs):
+        with torch.inference_mode():
+            return [model((b.to(device).float().div_(255) - mean) / std).softmax(1).cpu() for b in imgs.split(256)]
+
+    forward(x[:WARM])
+    _sync(device)
+    t = time.perf_counter()
+    torch.cat(forward(x))
+    return {"seconds": time.perf_counter() - t, "images": len(x)}
+
+
+MEASURES = {"train": train_toolkit, "train-plain": train_plain, "data": data_toolkit, "data-plain": data_plain,
+            "infer": infer_toolkit, "infer-plain": infer_plain}
 
 
 def one(args) -> None:
@@ -148,11 +257,13 @@ def one(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.kind in ("toolkit", "plain"):
-        res = (measure_toolkit if args.kind == "toolkit" else measure_plain)(args.arch, args.folder, args.batches,
-                                                                            args.device)
+    f = MEASURES[args.kind]
+    if args.kind.startswith("train"):
+        res = f(args.what, args.folder, args.batches, args.device)
+    elif args.kind.startswith("data"):
+        res = f(args.what, args.folder, args.limit, args.data_batches, args.device)
     else:
-        res = measure_infer(args.kind, args.folder, args.device, args.limit)
+        res = f(args.what, args.folder, args.limit, args.device)
     print(json.dumps({**res, "rss_mb": _rss_mb()}))
 
 
@@ -169,51 +280,90 @@ def stats(samples: list[dict]) -> dict:
             "rss": statistics.median(s["rss_mb"] for s in samples)}
 
 
+def _cell(s: dict | None) -> str:
+    return "-" if s is None else f"{s['ips']:,.0f} ({s['lo']:,.0f}-{s['hi']:,.0f})"
+
+
+def paired(repeats: int, toolkit: tuple, plain: tuple | None) -> tuple[dict, dict | None]:
+    """Toolkit and hand-written measurements interleaved, so drift in machine load hits both alike."""
+    tk, pl = [], []
+    for _ in range(repeats):
+        tk.append(run_one(*toolkit))
+        if plain:
+            pl.append(run_one(*plain))
+    return stats(tk), stats(pl) if plain else None
+
+
+def row(label: str, a: dict, b: dict | None) -> str:
+    ratio = "-" if b is None else f"{b['ips'] / a['ips']:.2f}"
+    rss = "-" if b is None else f"{b['rss']:.0f}"
+    return f"| {label} | {_cell(a)} | {_cell(b)} | {ratio} | {a['rss']:.0f} | {rss} |"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("kind", nargs="?", help=argparse.SUPPRESS)
-    ap.add_argument("arch", nargs="?", help=argparse.SUPPRESS)
+    ap.add_argument("what", nargs="?", help=argparse.SUPPRESS)
     ap.add_argument("folder", nargs="?", help=argparse.SUPPRESS)
-    ap.add_argument("--batches", type=int, default=40, help="training batches per measurement")
-    ap.add_argument("--limit", type=int, default=None, help="test images for inference (default all)")
+    ap.add_argument("--batches", type=int, default=40, help="training batches per measurement (after warm-up)")
+    ap.add_argument("--data-batches", type=int, default=400,
+                    help="data pipeline: at least this many timed batches (whole epochs) per measurement")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="images for the data and inference tables (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads in every measurement")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--archs", default="lenet5,alexnet5,alexnet7")
     ap.add_argument("--datasets", default=",".join(DATASETS), help="which of " + ", ".join(DATASETS))
     ap.add_argument("--kmnist", type=Path, default=DATASETS["kmnist-10k"], help="folder of the KMNIST-10k sample")
-    ap.add_argument("--smoke", action="store_true", help="lenet5, 5 batches, 1 repeat, 200 test images")
+    ap.add_argument("--tables", default="train,data,infer", help="which tables to run")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, what CI runs: one dataset, lenet5, 5/20 batches, 1 repeat, 128 images")
     args = ap.parse_args(argv)
     if args.one:
         return one(args)
     if args.smoke:
-        args.archs, args.batches, args.repeats, args.limit = "lenet5", 5, 1, 200
+        args.archs, args.batches, args.data_batches, args.repeats, args.limit = "lenet5", 5, 20, 1, 128
     DATASETS["kmnist-10k"] = args.kmnist
     sets = {k: v for k, v in DATASETS.items() if v.exists() and k in args.datasets.split(",")}
     if args.smoke:
         sets = dict(list(sets.items())[:1])
-    print(f"device {args.device}, {args.threads} threads, batch {BS}, {args.batches} batches a measurement, "
-          f"{args.repeats} repeats (median, min-max)\n")
-    print("| dataset | arch | kmnist-fa img/s | plain img/s | ratio (time) | kmnist-fa RSS MB | plain RSS MB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    common = ["--batches", args.batches, "--threads", args.threads, "--device", args.device]
-    for name, folder in sets.items():
-        for arch in args.archs.split(","):
-            tk, pl = [], []
-            for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-                tk.append(run_one("toolkit", arch, folder, *common))
-                pl.append(run_one("plain", arch, folder, *common))
-            a, b = stats(tk), stats(pl)
-            print(f"| {name} | {arch} | {a['ips']:,.0f} ({a['lo']:,.0f}-{a['hi']:,.0f}) | {b['ips']:,.0f} "
-                  f"({b['lo']:,.0f}-{b['hi']:,.0f}) | {b['ips'] / a['ips']:.2f} | {a['rss']:.0f} | {b['rss']:.0f} |",
-                  flush=True)
-    print("\n| inference on the unlabelled test images | img/s | RSS MB |\n|---|---:|---:|")
-    for kind, label in (("infer-plain", "alexnet5 plain"), ("infer-tta", "alexnet5 TTA n=4"),
-                        ("infer-ensemble", "default reference (predict with no --model)")):
-        s = stats([run_one(kind, "-", args.kmnist, *common, *(["--limit", args.limit] if args.limit else []))
-                   for _ in range(args.repeats)])
-        print(f"| {label} | {s['ips']:,.0f} ({s['lo']:,.0f}-{s['hi']:,.0f}) | {s['rss']:.0f} |", flush=True)
+    if not sets:
+        raise SystemExit(f"--datasets: none of {args.datasets} found")
+    import torch
+
+    tables = args.tables.split(",")
+    common = ["--threads", args.threads, "--device", args.device, *(["--limit", args.limit] if args.limit else [])]
+    data_common = [*common, "--data-batches", args.data_batches]
+    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch {BS}, "
+          f"{args.repeats} repeats: median (min-max) images/s\n")
+    header = "| kmnist-fa img/s | plain img/s | time ratio | kmnist-fa RSS MB | plain RSS MB |\n" \
+             "|---|---:|---:|---:|---:|---:|"
+    if "train" in tables:
+        print(f"Training, {args.batches} batches after {WARM} warm-up\n\n| dataset / arch {header}")
+        for name, folder in sets.items():
+            for arch in args.archs.split(","):
+                a, b = paired(args.repeats, ("train", arch, folder, "--batches", args.batches, *common),
+                              ("train-plain", arch, folder, "--batches", args.batches, *common))
+                print(row(f"{name} / {arch}", a, b), flush=True)
+    if "data" in tables:
+        print(f"\nData pipeline: training batches (90% split), whole epochs, at least {args.data_batches} batches\n\n"
+              f"| dataset / aug {header}")
+        for name, folder in sets.items():
+            for preset in ("none", "light", "heavy"):
+                a, b = paired(args.repeats, ("data", preset, folder, *data_common),
+                              None if preset == "heavy" else ("data-plain", preset, folder, *data_common))
+                print(row(f"{name} / {preset}", a, b), flush=True)
+    if "infer" in tables:
+        print(f"\nInference on the unlabelled KMNIST test images\n\n| model {header}")
+        a, b = paired(args.repeats, ("infer", "plain", args.kmnist, *common),
+                      ("infer-plain", "plain", args.kmnist, *common))
+        print(row(f"{INFER_ARCH}", a, b), flush=True)
+        a, _ = paired(args.repeats, ("infer", "tta", args.kmnist, *common), None)
+        print(row(f"{INFER_ARCH} TTA n={TTA_N}", a, None), flush=True)
+        a, _ = paired(args.repeats, ("infer", "default", args.kmnist, *common), None)
+        print(row("default reference (predict with no --model)", a, None), flush=True)
 
 
 if __name__ == "__main__":

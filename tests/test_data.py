@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from kmnist_fa.data import ArrayDL, aug_tfms, array_dl, image_stats, make_dls, sample_batch
+from kmnist_fa.data import AUG_PRESETS, ArrayDL, aug_tfms, array_dl, image_stats, make_dls, sample_batch
 from kmnist_fa.errors import OptionError
 from kmnist_fa.splits import SplitSpec
 
@@ -114,3 +114,25 @@ def test_affine_matrices_equal_fastai(kmnist, preset):
     assert len(fastai_fs) == (2 if preset == "light" else 3)
     assert type(tfm.mat) is torch.Tensor and torch.equal(tfm.mat, ref.mat.as_subclass(torch.Tensor))
     assert not torch.equal(tfm.mat, torch.eye(3)[:2].expand(32, 2, 3))  # it did draw
+
+
+@pytest.mark.parametrize("preset", AUG_PRESETS)
+def test_untyped_pipeline_gives_fastai_batches(kmnist, preset):
+    """Training batches through ArrayDL's pipeline (subclass dispatch off) equal fastai's own Pipeline's."""
+    from fasttransform import Pipeline
+
+    from kmnist_fa.data import UntypedOpsPipeline
+
+    dl = make_dls(kmnist, SplitSpec(seed=0), aug=preset, bs=32, device="cpu").train
+    assert type(dl.after_batch) is UntypedOpsPipeline and type(dl.new().after_batch) is UntypedOpsPipeline
+    raw = next(dl.create_batches(range(32)))
+    fastai_pipe = Pipeline(list(dl.after_batch.fs), split_idx=0)
+    dl.after_batch.split_idx = 0
+    torch.manual_seed(5)
+    ours = dl.after_batch(raw)
+    torch.manual_seed(5)
+    theirs = fastai_pipe(raw)
+    for a, b in zip(ours, theirs):
+        assert type(a) is type(b) and torch.equal(a.as_subclass(torch.Tensor), b.as_subclass(torch.Tensor))
+    fastai_pipe.split_idx = 1  # validation: no augmentation
+    assert torch.equal(ours[0], fastai_pipe(raw)[0]) == (preset == "none")

@@ -333,6 +333,12 @@ def main(argv=None):
         raise SystemExit(f"--datasets: none of {args.datasets} found")
     import torch
 
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        raise SystemExit(f"--device {args.device}: not a torch device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device on this machine")
     tables = args.tables.split(",")
     common = ["--threads", args.threads, "--device", args.device, *(["--limit", args.limit] if args.limit else [])]
     data_common = [*common, "--data-batches", args.data_batches]

@@ -136,3 +136,17 @@ def test_untyped_pipeline_gives_fastai_batches(kmnist, preset):
         assert type(a) is type(b) and torch.equal(a.as_subclass(torch.Tensor), b.as_subclass(torch.Tensor))
     fastai_pipe.split_idx = 1  # validation: no augmentation
     assert torch.equal(ours[0], fastai_pipe(raw)[0]) == (preset == "none")
+
+
+def test_image_stats_exact_and_chunked(kmnist):
+    """Integer sums in chunks give float64's mean/std (to rounding), whatever the chunk size."""
+    from kmnist_fa.errors import DataError
+
+    x = kmnist.train_x[:1000]
+    ref = x.astype(np.float64) / 255
+    for chunk in (1, 7, 4096):
+        mean, std = image_stats(x, chunk)
+        assert mean == pytest.approx(ref.mean(), rel=1e-12) and std == pytest.approx(ref.std(), rel=1e-12)
+    assert image_stats(np.full((3, 28, 28), 255, np.uint8)) == (1.0, 0.0)
+    with pytest.raises(DataError, match="no images"):
+        image_stats(x[:0])

@@ -40,8 +40,15 @@ class RichProgress(Callback):
         self.progress.start()
         self.task = None
 
+    def _run_epochs(self) -> tuple[int, int]:
+        """(epochs of earlier phases, epochs in the whole run): a fine-tuning run fits twice,
+        and its rows and bars should count on from phase one as run.json does."""
+        rec = getattr(self.learn, "run_recorder", None)
+        return (rec.offset, rec.meta["total_epochs"]) if rec is not None else (0, self.n_epoch)
+
     def _launch(self, what: str):
-        desc = f"epoch {self.epoch + 1}/{self.n_epoch} {what}" if self.show_rows else what
+        offset, total = self._run_epochs()
+        desc = f"epoch {offset + self.epoch + 1}/{total} {what}" if self.show_rows else what
         self.task = self.progress.add_task(desc, total=len(self.dl), loss="")
 
     def before_train(self):
@@ -68,4 +75,6 @@ class RichProgress(Callback):
         self.learn.logger = self.old_logger
 
     def _row(self, log):
+        if log and isinstance(log[0], int):  # a result row, not the header
+            log = [self._run_epochs()[0] + log[0], *log[1:]]
         self.console.print("  ".join(f"{_fmt(v):>11}" for v in log), highlight=False)

@@ -99,3 +99,19 @@ def test_fine_tune_resume_across_phases_equals_uninterrupted(parent12, kmnist, t
     b = torch.load(done.path / "model.pth", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["epoch"] for h in done.meta["history"]] == [0, 1, 2]
+
+
+def test_progress_rows_count_epochs_across_phases(parent12, kmnist, tmp_path):
+    """The terminal table numbers fine-tuning epochs on from the frozen phase, as run.json does."""
+    import io
+
+    from rich.console import Console
+
+    from kmnist_fa.progress import RichProgress
+
+    buf = io.StringIO()
+    cfg = TrainConfig(arch="lenet5", epochs=2, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path),
+                      data=str(kmnist.root))
+    res = train(cfg, root=tmp_path, progress=RichProgress(Console(file=buf, width=200)))
+    rows = [line.split() for line in buf.getvalue().splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [h["epoch"] for h in res.meta["history"]] == [0, 1, 2]

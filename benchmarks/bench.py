@@ -55,6 +55,7 @@ def _subset(folder: str, n: int | None):
     from kmnist_fa.datasets import load_dataset
 
     d = load_dataset(data=folder)
+    d.epoch_images = round(len(d.train_y) * 0.9)  # a training epoch on the default 10% holdout split
     d.train_x, d.train_y = d.train_x[:n], d.train_y[:n]
     return d
 
@@ -119,7 +120,7 @@ def train_toolkit(arch: str, folder: str, n_batches: int, device: str) -> dict:
     timer = Timer()
     learn.add_cb(timer)
     learn.fit_one_cycle(1, LR)
-    return timer.res
+    return {**timer.res, "epoch_images": data.epoch_images}
 
 
 def train_plain(arch: str, folder: str, n_batches: int, device: str) -> dict:
@@ -152,7 +153,7 @@ def train_plain(arch: str, folder: str, n_batches: int, device: str) -> dict:
         opt.step()
         sched.step()
         clock.tick(len(idx))
-    return clock.result()
+    return {**clock.result(), "epoch_images": data.epoch_images}
 
 
 # --------------------------------------------------------------------------- 2. data pipeline
@@ -277,7 +278,7 @@ def run_one(*argv) -> dict:
 def stats(samples: list[dict]) -> dict:
     ips = [s["images"] / s["seconds"] for s in samples]
     return {"ips": statistics.median(ips), "lo": min(ips), "hi": max(ips),
-            "rss": statistics.median(s["rss_mb"] for s in samples)}
+            "rss": statistics.median(s["rss_mb"] for s in samples), "epoch_images": samples[0].get("epoch_images")}
 
 
 def _cell(s: dict | None) -> str:
@@ -297,7 +298,8 @@ def paired(repeats: int, toolkit: tuple, plain: tuple | None) -> tuple[dict, dic
 def row(label: str, a: dict, b: dict | None) -> str:
     ratio = "-" if b is None else f"{b['ips'] / a['ips']:.2f}"
     rss = "-" if b is None else f"{b['rss']:.0f}"
-    return f"| {label} | {_cell(a)} | {_cell(b)} | {ratio} | {a['rss']:.0f} | {rss} |"
+    epoch = f" {a['epoch_images'] / a['ips']:.2f} / {b['epoch_images'] / b['ips']:.2f} |" if a["epoch_images"] else ""
+    return f"| {label} | {_cell(a)} | {_cell(b)} | {ratio} |{epoch} {a['rss']:.0f} | {rss} |"
 
 
 def main(argv=None):
@@ -347,7 +349,9 @@ def main(argv=None):
     header = "| kmnist-fa img/s | plain img/s | time ratio | kmnist-fa RSS MB | plain RSS MB |\n" \
              "|---|---:|---:|---:|---:|---:|"
     if "train" in tables:
-        print(f"Training, {args.batches} batches after {WARM} warm-up\n\n| dataset / arch {header}")
+        print(f"Training, {args.batches} batches after {WARM} warm-up; s/epoch = a 90% training split at "
+              f"that speed\n\n| dataset / arch | kmnist-fa img/s | plain img/s | time ratio | s/epoch kmnist-fa / plain "
+              "| kmnist-fa RSS MB | plain RSS MB |\n|---|---:|---:|---:|---:|---:|---:|")
         for name, folder in sets.items():
             for arch in args.archs.split(","):
                 a, b = paired(args.repeats, ("train", arch, folder, "--batches", args.batches, *common),

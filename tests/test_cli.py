@@ -111,6 +111,8 @@ def test_benchmark_smoke(kmnist_dir):
     assert labels == ["kmnist-10k / lenet5", "kmnist-10k / none", "kmnist-10k / light", "kmnist-10k / heavy",
                       "alexnet5", "alexnet5 TTA n=4", "default reference (predict with no --model)"]
     for cells in rows:  # a throughput and an RSS in every row, a ratio wherever there is a hand-written twin
-        ips, rss = float(cells[1].split("(")[0].replace(",", "")), float(cells[4])
+        ips, rss = float(cells[1].split("(")[0].replace(",", "")), float(cells[-2])
         assert ips > 0 and 100 < rss < 20000
         assert (cells[2].strip() == "-") == (cells[3].strip() == "-")
+    toolkit_s, plain_s = map(float, rows[0][4].split("/"))  # training: seconds per 5,400-image epoch
+    assert 0 < toolkit_s < 60 and 0 < plain_s < 60

@@ -1,0 +1,66 @@
+"""What every command shares: the typer apps, the consoles, error handling and option declarations."""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+from ..errors import KmnistError
+
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes image files; never open a window
+
+out = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(name="kmnist-fa", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                  help="fastai toolkit for Kuzushiji-MNIST and the MNIST family: data, training, lr-find, runs.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect, download and preview datasets.")
+models_app = typer.Typer(invoke_without_command=True, help="List saved runs, or show one (`models show NAME`).")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+
+def friendly(fn):
+    """Turn KmnistError into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KmnistError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"kmnist-fa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """fastai toolkit for Kuzushiji-MNIST and the MNIST family."""
+
+
+# ---------------------------------------------------------------- shared options
+
+DatasetOpt = typer.Option(None, "--dataset", help="Named dataset: kmnist, fashion, mnist, k49 (MD5s enforced).")
+DataOpt = typer.Option(None, "--data", help="Folder of MNIST-format files (idx or npz); overrides env KMNIST_FA_DATA.")
+ModelsDirOpt = typer.Option(None, "--models-dir", help="Where runs live (default: env KMNIST_FA_MODELS or ./models).")
+TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fastai tta) per model "
+                      "(default: on for the shipped reference ensemble, off for --model runs).")
+TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model with --tta, plus the clean pass "
+                       "(default 4; the reference ensemble's own setting when it is used).")
+MethodOpt = typer.Option("mean", "--method", help="Combine models by 'mean' of probabilities or majority 'vote'.")
+SeedOpt = typer.Option(42, "--seed", help="Seed for vote tie-breaking.")
+SplitOpt = typer.Option("valid", "--split", help="valid: the run's own validation split; test: the dataset's "
+                        "labelled test set.")

@@ -1,0 +1,90 @@
+"""`kmnist-fa data info|download|show`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import DataOpt, data_app, err, friendly, out
+
+
+@data_app.command("info")
+@friendly
+def data_info(name: Optional[str] = typer.Argument(None, help="Named dataset (default kmnist, or the --data folder)."),
+              data: Optional[Path] = DataOpt):
+    """Files, counts, per-class counts, MD5 status and pixel statistics."""
+    from ..data import image_stats
+    from ..datasets import load_dataset
+
+    d = load_dataset(name, data)
+    t = Table(title=f"{d.name} ({d.root})")
+    for c in ("role", "file", "images", "md5", "status"):
+        t.add_column(c)
+    counts = {"train_images": len(d.train_x), "train_labels": len(d.train_y), "test_images": len(d.test_x),
+              "test_labels": None if d.test_y is None else len(d.test_y)}
+    for role, f in d.files.items():
+        t.add_row(role, Path(f["path"]).name, f"{counts[role]:,}", f["md5"], f["status"])
+    if d.test_y is None:
+        t.add_row("test_labels", "-", "-", "-", "absent (unlabelled test set)")
+    out.print(t)
+    c = Table(title="images per class")
+    for col in ("class", "name", "train", "test"):
+        c.add_column(col, justify="right" if col in ("train", "test") else "left")
+    for i in range(d.c):
+        test = "-" if d.test_y is None else f"{int((d.test_y == i).sum()):,}"
+        c.add_row(str(i), d.label(i), f"{int((d.train_y == i).sum()):,}", test)
+    out.print(c)
+    mean, std = image_stats(d.train_x)
+    out.print(f"train pixels: mean {mean:.4f}, std {std:.4f} (in [0, 1])")
+
+
+@data_app.command("download")
+@friendly
+def data_download(name: str = typer.Argument("kmnist", help="kmnist, fashion, mnist or k49."),
+                  data: Optional[Path] = typer.Option(None, "--data", help="Folder to download into "
+                                                      "(default: fastai's data folder, ~/.fastai/data/NAME)."),
+                  mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL to fetch from instead of "
+                                                       "the official mirrors.")):
+    """Download a named dataset with MD5 checks; resumes partial files, writes atomically."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from ..datasets import download
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err) as prog:
+        tasks = {}
+
+        def report(fname, done, total):
+            if fname not in tasks:
+                tasks[fname] = prog.add_task(fname, total=total)
+            prog.update(tasks[fname], completed=done, total=total)
+
+        root = download(name, data, mirror, report)
+    out.print(f"{name}: files verified in {root}")
+
+
+@data_app.command("show")
+@friendly
+def data_show(name: Optional[str] = typer.Argument(None, help="Named dataset (default kmnist, or the --data folder)."),
+              data: Optional[Path] = DataOpt,
+              aug: str = typer.Option("light", "--aug", help="Augmentation preset: none, light, heavy."),
+              n: int = typer.Option(32, "--n", min=1, max=256, help="Number of images."),
+              seed: int = typer.Option(42, "--seed", help="Random seed (split and augmentation)."),
+              out_file: Path = typer.Option(Path("batch.png"), "--out", help="PNG file to write.")):
+    """Save a grid of training images as the model sees them, to check an augmentation preset."""
+    from fastai.torch_core import set_seed
+
+    from ..data import make_dls, sample_batch
+    from ..datasets import load_dataset
+    from ..plots import class_labels, image_grid, save_fig
+    from ..splits import SplitSpec
+
+    set_seed(seed)
+    d = load_dataset(name, data)
+    dls = make_dls(d, SplitSpec(seed=seed), aug=aug, device="cpu")
+    imgs, ys = sample_batch(dls, n)
+    labels = class_labels(d.classes, d.chars)
+    save_fig(image_grid(imgs, [labels[y] for y in ys]), out_file)
+    out.print(f"wrote {out_file} ({n} images, aug={aug})")

@@ -115,6 +115,26 @@ def test_optimisers_and_schedules(kmnist, tmp_path, opt, schedule):
     assert r.meta["config"]["opt"] == opt and r.meta["best"]["accuracy"] > 0.2
 
 
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_train(kmnist, tmp_path, mix):
+    """fastai's MixUp/CutMix swap the loss for a blended one during training; through ToolkitLearner and the
+    plain-tensor loss that must still train, and validation must use the real loss again."""
+    class Seen(Callback):
+        order = 95
+
+        def __init__(self):
+            self.train_lf, self.valid_lf = set(), set()
+
+        def after_loss(self):
+            (self.train_lf if self.training else self.valid_lf).add(type(self.learn.loss_func).__name__)
+
+    seen = Seen()
+    r = train(_cfg(kmnist, epochs=2, **{mix: True}), name=mix, root=tmp_path, quiet=True, data=kmnist, cbs=[seen])
+    assert r.meta["config"][mix] and r.meta["best"]["accuracy"] > 0.5
+    assert all(h["train_loss"] == h["train_loss"] for h in r.meta["history"])  # finite, not NaN
+    assert "CrossEntropyLoss" not in seen.train_lf and seen.valid_lf == {"CrossEntropyLoss"}
+
+
 def test_existing_name_refused(lenet_run):
     with pytest.raises(OptionError, match="already exists"):
         train(TrainConfig(), name="lenet-fixture", root=lenet_run.path.parent, quiet=True)

@@ -319,6 +319,7 @@ def main(argv=None):
     ap.add_argument("--archs", default="lenet5,alexnet5,alexnet7")
     ap.add_argument("--datasets", default=",".join(DATASETS), help="which of " + ", ".join(DATASETS))
     ap.add_argument("--kmnist", type=Path, default=DATASETS["kmnist-10k"], help="folder of the KMNIST-10k sample")
+    ap.add_argument("--fashion", type=Path, default=DATASETS["fashion-60k"], help="folder of Fashion-MNIST")
     ap.add_argument("--tables", default="train,data,infer", help="which tables to run")
     ap.add_argument("--smoke", action="store_true",
                     help="seconds, what CI runs: one dataset, lenet5, 5/20 batches, 1 repeat, 128 images")
@@ -327,7 +328,7 @@ def main(argv=None):
         return one(args)
     if args.smoke:
         args.archs, args.batches, args.data_batches, args.repeats, args.limit = "lenet5", 5, 20, 1, 128
-    DATASETS["kmnist-10k"] = args.kmnist
+    DATASETS["kmnist-10k"], DATASETS["fashion-60k"] = args.kmnist, args.fashion
     sets = {k: v for k, v in DATASETS.items() if v.exists() and k in args.datasets.split(",")}
     if args.smoke:
         sets = dict(list(sets.items())[:1])

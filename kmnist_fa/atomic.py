@@ -63,14 +63,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def write_csv(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
-    """Dict rows as an LF-terminated CSV (columns: `fieldnames`, default the first row's keys)."""
+def csv_text(rows: list[dict], fieldnames: list[str] | None = None) -> str:
+    """Dict rows as LF-terminated CSV text (columns: `fieldnames`, default the first row's keys)."""
     buf = io.StringIO()
     if rows or fieldnames:
         w = csv.DictWriter(buf, fieldnames=fieldnames or list(rows[0]), extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    return write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    return write_text(path, csv_text(rows, fieldnames))
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:

@@ -150,8 +150,8 @@ class TrainOnlyAffine(AffineCoordTfm):
     fastai's `AffineCoordTfm` still resamples validation batches through an identity
     grid, which costs time and perturbs pixels by float rounding; validation images
     must reach the model untouched. The matrices are fastai's (same draws, same
-    product, tested) built on plain tensors: fastai's typed-tensor `__torch_function__`
-    cost more than the maths for 64 small images (bench.py, LeNet5).
+    product, tested) built from plain tensors in fewer ops: fastai's typed-tensor
+    version cost more than the maths for 64 small images (bench.py, LeNet5).
     """
 
     def before_call(self, b, split_idx):
@@ -161,10 +161,9 @@ class TrainOnlyAffine(AffineCoordTfm):
         if not self.do:
             return
         x = b.as_subclass(torch.Tensor)
-        with torch._C.DisableTorchFunctionSubclass():  # fastai's zoom and warp draws wrap typed tensors
-            mats = [f(x).as_subclass(torch.Tensor) for f in self.aff_fs]
-            for t in self.coord_fs:
-                t.before_call(b)
+        mats = [f(x).as_subclass(torch.Tensor) for f in self.aff_fs]  # fastai's zoom wraps its draw as TensorBase
+        for t in self.coord_fs:
+            t.before_call(b)
         h, w = x.shape[-2:]
         mat = reduce(torch.matmul, mats, torch.eye(3, device=x.device).expand(x.size(0), 3, 3).contiguous())
         mat[:, 0, 1] *= h / w  # fastai's `_prepare_mat`: rotations on non-square images

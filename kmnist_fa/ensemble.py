@@ -7,15 +7,13 @@ generator (the report's rule), and reports each class's share of the votes as it
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .atomic import write_text
+from .atomic import csv_text, write_text
 from .errors import OptionError
 
 METHODS = ("mean", "vote")
@@ -54,20 +52,13 @@ def agreement(preds: Sequence[torch.Tensor]) -> np.ndarray:
 
 def submission_csv(ids: Sequence[str], classes: torch.Tensor) -> str:
     """Kaggle `Id,Category` text: header, one row per input in order, LF line ends."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["Id", "Category"])
-    w.writerows(zip(ids, (int(c) for c in classes)))
-    return buf.getvalue()
+    return csv_text([{"Id": i, "Category": int(c)} for i, c in zip(ids, classes)], ["Id", "Category"])
 
 
 def probs_csv(ids: Sequence[str], probs: torch.Tensor, class_names: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["Id", "Category", *class_names])
-    for i, row in zip(ids, probs.tolist()):
-        w.writerow([i, int(np.argmax(row)), *(f"{p:.6f}" for p in row)])
-    return buf.getvalue()
+    cols = ["Id", "Category", *class_names]
+    return csv_text([dict(zip(cols, [i, int(np.argmax(row)), *(f"{p:.6f}" for p in row)]))
+                     for i, row in zip(ids, probs.tolist())], cols)
 
 
 def write_submission(path: str | Path, ids, probs: torch.Tensor) -> Path:
@@ -90,15 +81,10 @@ def check_members(members) -> list[str]:
     return classes
 
 
-def member_probs(members, images: np.ndarray, tta: bool = False, n: int = 4, on_member=None) -> list[torch.Tensor]:
+def member_probs(members, images: np.ndarray, tta: bool = False, n: int = 4) -> list[torch.Tensor]:
     from .inference import predict_probs
 
-    out = []
-    for m in members:
-        out.append(predict_probs(m, images, tta=tta, n=n))
-        if on_member:
-            on_member(m)
-    return out
+    return [predict_probs(m, images, tta=tta, n=n) for m in members]
 
 
 def shared_split(members) -> bool:
@@ -114,7 +100,7 @@ def accuracy(probs: torch.Tensor, labels: np.ndarray | None) -> float | None:
 
 
 def analyse(members, data, images: np.ndarray, labels: np.ndarray | None, method: str = "mean",
-            tta: bool = False, n: int = 4, seed: int = 42, on_member=None) -> dict:
+            tta: bool = False, n: int = 4, seed: int = 42) -> dict:
     """The report's Figure 2 as data: per member and for the ensemble, validation accuracy
     (on the validation split they share), input-set accuracy when labels exist, and
     agreement with the ensemble; plus pairwise disagreement on the input images."""
@@ -137,7 +123,7 @@ def analyse(members, data, images: np.ndarray, labels: np.ndarray | None, method
             vx, vy, nm = validation_set(m, data)
             notes += nm
             valid_acc.append(accuracy(member_probs([m], vx, tta, n)[0], vy))
-    probs = member_probs(members, images, tta, n, on_member)
+    probs = member_probs(members, images, tta, n)
     ens = combine(probs, method, seed)
     ens_cls = ens.argmax(1)
     rows = []

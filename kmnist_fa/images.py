@@ -137,9 +137,8 @@ def collect_inputs(inputs: list[str | Path], invert: str = "auto") -> Inputs:
                     errors.append(str(e))
     if positional and named:
         raise DataError("INPUT: mix of MNIST-format files and image files; predict them in separate calls")
+    arr = np.concatenate(images) if images else np.zeros((0, 28, 28), np.uint8)
     if positional:
-        arr = np.concatenate(images) if images else np.zeros((0, 28, 28), np.uint8)
         lab = None if any(l is None for l in labels) else np.concatenate(labels)
         return Inputs(arr, [str(i) for i in range(len(arr))], errors, lab)
-    arr = np.concatenate(images) if images else np.zeros((0, 28, 28), np.uint8)
     return Inputs(arr, ids, errors)

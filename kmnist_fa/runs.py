@@ -8,6 +8,7 @@ only while a run is unfinished and is what `--resume` continues from.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -62,8 +63,6 @@ def run_path(name_or_path: str | Path, root: str | Path | None = None) -> Path:
 
 def read_run(path: str | Path) -> dict:
     """run.json of a run folder, checked for format compatibility."""
-    import json
-
     f = Path(path) / RUN_FILE
     try:
         meta = json.loads(f.read_text(encoding="utf-8"))
@@ -264,8 +263,6 @@ def reference_dir() -> Path:
 
 def reference_default() -> dict:
     """The shipped default ensemble (models/reference/default.json): member folders and TTA settings."""
-    import json
-
     spec = reference_dir() / "default.json"
     if not spec.exists():
         raise OptionError(f"no reference models are shipped in {reference_dir()}; pass --model RUN")

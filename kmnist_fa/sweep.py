@@ -15,7 +15,6 @@ import shutil
 import statistics
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 from . import runs
 from .atomic import write_csv, write_json, write_text
@@ -149,8 +148,8 @@ def run_job(base: dict, job_config: dict, fold, n_folds, name: str, root: str, t
     return "trained"
 
 
-def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1, threads: int | None = None,
-              on_update: Callable[[dict], None] | None = None) -> dict[str, str]:
+def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1,
+              threads: int | None = None) -> dict[str, str]:
     """Run every job (skipping finished ones); returns name -> trained/resumed/skipped/failed: ..."""
     root.mkdir(parents=True, exist_ok=True)
     base_d = base.to_dict()
@@ -162,26 +161,19 @@ def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1
     if jobs <= 1:
         for j in jobs_list:
             outcome[j.name] = run_job(base_d, j.config, j.fold, base.n_folds, j.name, str(root), threads, None)
-            if on_update:
-                on_update(outcome)
         return outcome
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         futs = {pool.submit(run_job, base_d, j.config, j.fold, base.n_folds, j.name, str(root),
                             threads or max(1, (os.cpu_count() or 1) // jobs),
                             (i % n_gpu) if n_gpu > 1 else None): j.name for i, j in enumerate(jobs_list)}
-        pending = set(futs)
-        while pending:
-            done, pending = wait(pending, timeout=0.5)
-            for f in done:
-                try:
-                    outcome[futs[f]] = f.result()
-                except Exception as e:
-                    outcome[futs[f]] = f"failed: {type(e).__name__}: {e}"
-            if on_update:
-                on_update(outcome)
+        for f in as_completed(futs):
+            try:
+                outcome[futs[f]] = f.result()
+            except Exception as e:
+                outcome[futs[f]] = f"failed: {type(e).__name__}: {e}"
     return outcome
 
 

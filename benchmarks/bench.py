@@ -99,7 +99,8 @@ def train_toolkit(arch: str, folder: str, n_batches: int, device: str) -> dict:
     """`n_batches` training batches through kmnist-fa's DataLoaders and Learner."""
     from fastai.callback.core import Callback
 
-    from kmnist_fa.learner import TrainConfig, build_learner, prepare
+    from kmnist_fa.config import TrainConfig
+    from kmnist_fa.learner import build_learner, prepare
 
     clock = Clock(device)
 
@@ -113,7 +114,7 @@ def train_toolkit(arch: str, folder: str, n_batches: int, device: str) -> dict:
 
     n_batches += WARM
     data = _subset(folder, n_batches * BS + 2 * BS)
-    cfg = TrainConfig(arch=arch, epochs=1, lr=LR, bs=BS, aug="light", label_smoothing=0.1,
+    cfg = TrainConfig.build(arch=arch, epochs=1, lr=LR, bs=BS, aug="light", label_smoothing=0.1,
                       valid_pct=2 * BS / len(data.train_y), cpu=device == "cpu")
     _, dls = prepare(cfg, data)
     learn = build_learner(dls, cfg, quiet=True)

@@ -59,7 +59,8 @@ def job(kind: str, name: str, cfg: dict, data: str, root: str, n_folds: int, fol
 
     torch.set_num_threads(1)
     from kmnist_fa.inference import load_run, predict_probs, run_data, validation_set
-    from kmnist_fa.learner import TrainConfig, train
+    from kmnist_fa.config import TrainConfig
+    from kmnist_fa.learner import train
     from kmnist_fa.recipes import resolve_config
 
     if kind == "report":
@@ -76,7 +77,7 @@ def job(kind: str, name: str, cfg: dict, data: str, root: str, n_folds: int, fol
         values["epochs"] = 1
     run_name = f"{name}-{'full' if fold is None else f'f{fold}'}"
     t0 = time.time()
-    res = train(TrainConfig(**values), name=run_name, root=root, quiet=True)
+    res = train(TrainConfig.build(**values), name=run_name, root=root, quiet=True)
     out = {"kind": kind, "name": name, "fold": fold, "run": run_name, "arch": values["arch"],
            "epochs": values["epochs"], "wall_s": round(time.time() - t0, 1), "device": res.meta["device"],
            "config": res.meta["config"]}

@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -78,4 +76,6 @@ def write_csv(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] |
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    import torch  # here, so that modules writing only text never load torch
+
     return write_with(path, lambda p: torch.save(obj, p))

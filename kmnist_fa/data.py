@@ -27,11 +27,10 @@ with warnings.catch_warnings():  # fastai's import trips torch's jit deprecation
     from fastai.vision.augment import AffineCoordTfm, Brightness, Contrast, PadMode, Warp, Zoom
     from fasttransform import Pipeline, Transform
 
+from .config import AUG_PRESETS, SplitSpec
 from .datasets import MnistData
 from .errors import DataError, OptionError
-from .splits import SplitSpec, split_indices
-
-AUG_PRESETS = ("none", "light", "heavy")
+from .splits import split_indices
 
 
 class ArrayImage(Transform):
@@ -232,6 +231,9 @@ def image_stats(images: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
         c = images[i:i + chunk].astype(np.int64)
         total, squares = total + int(c.sum()), squares + int((c * c).sum())
     var = (squares * n - total * total) / (n * n * 255 * 255)
+    if var <= 0:  # normalising would divide by zero and turn every prediction into NaN
+        raise DataError(f"all {len(images):,} training images have the same pixel value everywhere; "
+                        "nothing to learn or normalise")
     return total / (n * 255), math.sqrt(var)
 
 

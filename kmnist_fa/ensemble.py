@@ -89,7 +89,7 @@ def member_probs(members, images: np.ndarray, tta: bool = False, n: int = 4) -> 
 
 def shared_split(members) -> bool:
     """Whether all members were validated on the same images (same data and split)."""
-    keys = {(m.meta["data"]["fingerprint"], m.split()) for m in members}
+    keys = {(m.record.data.fingerprint, m.split()) for m in members}
     return len(keys) == 1 and not members[0].split().full
 
 
@@ -128,7 +128,7 @@ def analyse(members, data, images: np.ndarray, labels: np.ndarray | None, method
     ens_cls = ens.argmax(1)
     rows = []
     for m, p, va in zip(members, probs, valid_acc):
-        rows.append({"name": m.name, "arch": m.meta["arch"], "valid_acc": va, "test_acc": accuracy(p, labels),
+        rows.append({"name": m.name, "arch": m.record.arch, "valid_acc": va, "test_acc": accuracy(p, labels),
                      "agreement": float((p.argmax(1) == ens_cls).float().mean()) if len(ens_cls) else None})
     rows.append({"name": f"ensemble ({method}{', TTA' if tta else ''})", "arch": "", "valid_acc": ens_valid,
                  "test_acc": accuracy(ens, labels), "agreement": 1.0 if len(ens_cls) else None})

@@ -25,10 +25,12 @@ with warnings.catch_warnings():
 from . import runs
 from .data import array_dl, default_device, inference_dls
 from .datasets import MnistData, load_dataset
+from .config import SplitSpec
 from .errors import DataError, RunError
 from .learner import CrossEntropyLoss, ToolkitLearner
 from .models import create_model, n_params, splitter
-from .splits import SplitSpec, split_indices
+from .runs import RunRecord
+from .splits import split_indices
 
 TTA_BETA = 0.25  # fastai's default: weight of the clean pass against the mean of the augmented passes
 
@@ -37,20 +39,19 @@ TTA_BETA = 0.25  # fastai's default: weight of the clean pass against the mean o
 class LoadedRun:
     name: str
     path: Path
-    meta: dict
+    record: RunRecord
     learn: Learner
 
     @property
     def classes(self) -> list[str]:
-        return self.meta["classes"]
+        return self.record.classes
 
     @property
     def chars(self) -> list[str] | None:
-        return self.meta.get("chars")
+        return self.record.chars
 
     def split(self) -> SplitSpec:
-        s = self.meta["split"]
-        return SplitSpec(s["valid_pct"], s["n_folds"], s["fold"], s["full"], s["seed"])
+        return self.record.config.split
 
 
 def load_run(name_or_path: str | Path, root: str | Path | None = None, device=None, cpu: bool = False,
@@ -61,24 +62,24 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
     (`light` for a run trained without augmentation).
     """
     path = runs.run_path(name_or_path, root)
-    meta = runs.read_run(path)
-    cfg = meta["config"]
-    model = create_model(meta["arch"], len(meta["classes"]), cfg.get("bn"), cfg.get("dropout"))
-    if n_params(model) != meta["n_params"]:
-        raise RunError(f"{path / runs.RUN_FILE}: records {meta['n_params']:,} parameters but {meta['arch']} "
+    rec = RunRecord.read(path)
+    m = rec.config.model
+    model = create_model(m.arch, len(rec.classes), m.bn, m.dropout)
+    if n_params(model) != rec.n_params:
+        raise RunError(f"{path / runs.RUN_FILE}: records {rec.n_params:,} parameters but {m.arch} "
                        f"builds {n_params(model):,}; the architecture changed since this run was saved")
     state = runs.load_state(path / runs.MODEL_FILE)
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        raise RunError(f"{path / runs.MODEL_FILE}: does not fit {meta['arch']} ({str(e).splitlines()[0]})") from None
-    aug = tta_aug or cfg.get("aug", "none")
-    dls = inference_dls(meta["classes"], meta["norm"]["mean"], meta["norm"]["std"],
-                        device or default_device(cpu), aug="light" if aug == "none" else aug)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise RunError(f"{path / runs.MODEL_FILE}: does not fit {m.arch} ({str(e).splitlines()[0][:160]})") from None
+    aug = tta_aug or rec.config.reg.aug
+    dls = inference_dls(rec.classes, rec.norm.mean, rec.norm.std, device or default_device(cpu),
+                        aug="light" if aug == "none" else aug)
     learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLoss(), metrics=[accuracy, error_rate], splitter=splitter)
     learn.remove_cb(ProgressCallback)
     learn.logger = noop
-    return LoadedRun(meta["name"], path, meta, learn)
+    return LoadedRun(rec.name, path, rec, learn)
 
 
 def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int = 4,
@@ -112,18 +113,18 @@ def tta_parts(run: LoadedRun, images: np.ndarray, n: int = 4, labels=None):
 def run_data(run: LoadedRun, data: str | Path | None = None, dataset: str | None = None) -> MnistData:
     """The dataset a run was trained on (or the one asked for)."""
     if data is None and dataset is None:
-        d = run.meta["data"]
-        if d.get("named"):
-            dataset = d["name"]
-        data = d["root"]
+        d = run.record.data
+        if d.named:
+            dataset = d.name
+        data = d.root
     return load_dataset(dataset, data)
 
 
 def validation_set(run: LoadedRun, data: MnistData) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The run's own validation images and labels, with warnings when they cannot be trusted."""
     notes = []
-    if data.fingerprint != run.meta["data"]["fingerprint"]:
-        notes.append(f"{run.name}: trained on other data ({run.meta['data']['name']}); "
+    if data.fingerprint != run.record.data.fingerprint:
+        notes.append(f"{run.name}: trained on other data ({run.record.data.name}); "
                      f"its 'validation' split of {data.name} may include its training images")
     split = run.split()
     if split.full:

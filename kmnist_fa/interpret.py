@@ -79,8 +79,8 @@ def labelled_split(run: LoadedRun, data: MnistData, split: str) -> tuple[np.ndar
         raise DataError(f"--split test: the test set of {data.name} ({data.root}) has no labels; "
                         "evaluating needs labels — use --split valid")
     notes = []
-    if data.fingerprint != run.meta["data"]["fingerprint"]:
-        notes.append(f"{run.name}: trained on {run.meta['data']['name']}, not {data.name}; "
+    if data.fingerprint != run.record.data.fingerprint:
+        notes.append(f"{run.name}: trained on {run.record.data.name}, not {data.name}; "
                      "whether its training images overlap these test images is unknown")
     return data.test_x, data.test_y, notes
 
@@ -105,7 +105,7 @@ class Evaluation:
 
 def evaluate(run: LoadedRun, data: MnistData, split: str = "valid", tta: bool = False, n: int = 4) -> Evaluation:
     interp, notes = interpret(run, data, split, tta, n)
-    return Evaluation(run.name, run.meta["arch"], split, len(interp.targs), interp.accuracy,
+    return Evaluation(run.name, run.record.arch, split, len(interp.targs), interp.accuracy,
                       float(interp.losses.mean()), int((interp.decoded != interp.targs).sum()), notes)
 
 
@@ -167,26 +167,26 @@ def _cell(v) -> str:
 def write_report(out_dir: Path, run: LoadedRun, interp: CachedInterpretation, split: str, tta: bool,
                  notes: list[str], images: dict[str, Path], most: list[dict], per_class: list[dict]) -> Path:
     """One self-contained HTML page: options, curves, metrics, confusion, top losses (images inlined)."""
-    meta = run.meta
-    opts = [{"option": k, "value": v} for k, v in meta["config"].items() if k != "extra"]
+    rec = run.record
+    opts = [{"option": k, "value": v} for k, v in rec.config.flat().items()]
     macro_f1 = float(np.mean([r["f1"] for r in per_class]))
     pics = "".join(f"<h2>{html.escape(t)}</h2><img src='{_png_data_uri(p)}' alt='{html.escape(t)}'>"
                    for t, p in images.items())
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>kmnist-fa run {html.escape(meta['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>kmnist-fa run {html.escape(rec.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 th{{background:#eee}}img{{max-width:100%}}.note{{color:#a40}}</style></head><body>
-<h1>Run {html.escape(meta['name'])}: {html.escape(meta['arch'])}</h1>
-<p>{html.escape(split)} split of {html.escape(meta['data']['name'])}, {len(interp.targs):,} images{', with TTA' if tta else ''}:
+<h1>Run {html.escape(rec.name)}: {html.escape(rec.arch)}</h1>
+<p>{html.escape(split)} split of {html.escape(rec.data.name)}, {len(interp.targs):,} images{', with TTA' if tta else ''}:
 <b>accuracy {interp.accuracy:.4f}</b>, macro-F1 {macro_f1:.4f}, {int((interp.decoded != interp.targs).sum())} errors.
-Trained {meta.get('epochs_done', '?')} epochs in {meta.get('wall_time_s', 0):.0f}s on {html.escape(str(meta.get('device')))}.</p>
+Trained {rec.epochs_done} epochs in {rec.wall_time_s:.0f}s on {html.escape(rec.device)}.</p>
 {''.join(f'<p class="note">note: {html.escape(n)}</p>' for n in notes)}
 {pics}
 <h2>Most confused (actual → predicted)</h2>{_table(most, ['actual', 'predicted', 'count'])}
 <h2>Per class</h2>{_table(per_class, ['class', 'name', 'precision', 'recall', 'f1', 'support'])}
 <h2>Options</h2>{_table(opts, ['option', 'value'])}
-<h2>History</h2>{_table(meta.get('history', []), list((meta.get('history') or [{}])[0].keys()))}
+<h2>History</h2>{_table(rec.history, list((rec.history or [{}])[0].keys()))}
 </body></html>
 """
     return write_text(out_dir / "report.html", page)

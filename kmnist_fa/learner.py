@@ -1,15 +1,16 @@
 """Training: a `TrainConfig` becomes a fastai `Learner`, a fit, and a run folder.
 
-Everything a run needs to be re-created (or resumed) is in `TrainConfig`, which is
-stored verbatim in run.json; the CLI and notebooks call `train()` / `resume()` /
-`find_lr()` and nothing else.
+Everything a run needs to be re-created (or resumed) is in `TrainConfig` (config.py),
+which run.json stores; the CLI and notebooks call `train()` / `resume()` /
+`suggest_lrs()` and nothing else. A run folder is written by one process at a time
+(`runs.run_lock`), with one commit point per epoch (checkpoint.py).
 """
 from __future__ import annotations
 
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,86 +30,17 @@ with warnings.catch_warnings():
     from fastcore.basics import noop
 
 from . import runs
-from .data import AUG_PRESETS, default_device, make_dls
+from .checkpoint import RunRecorder, finalize, load_checkpoint, load_opt_state, publish, set_rng_state
+from .config import OPTIMIZERS as OPT_NAMES
+from .config import TrainConfig
+from .data import default_device, make_dls
 from .datasets import MnistData, load_dataset
 from .errors import OptionError, RunError
-from .models import create_model, get_arch, n_params, splitter
-from .splits import SplitSpec
+from .models import create_model, n_params, splitter
+from .runs import DataSource, Norm, RunRecord, SplitSizes
 from .transfer import init_from
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSProp}
-SCHEDULES = ("one-cycle", "flat", "cosine")
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run; stored in run.json so a run can be rebuilt."""
-
-    arch: str = "lenet5"
-    epochs: int = 10
-    bs: int = 64
-    lr: float | None = None  # None: lr_find's valley suggestion
-    opt: str = "adam"
-    mom: float | None = None  # None: the optimiser's default (and one-cycle's momentum cycling)
-    wd: float | None = None  # None: fastai's default for the optimiser
-    schedule: str = "one-cycle"
-    aug: str = "light"
-    mixup: bool = False
-    cutmix: bool = False
-    label_smoothing: float = 0.0
-    bn: bool | None = None  # None: the architecture's default
-    dropout: float | None = None
-    seed: int = 42
-    valid_pct: float = 0.1
-    n_folds: int | None = None
-    fold: int | None = None
-    full: bool = False
-    cpu: bool = False
-    dataset: str | None = None
-    data: str | None = None
-    from_run: str | None = None  # transfer: parent run (name/folder) or a state_dict .pth file
-    freeze_epochs: int = 1  # transfer: epochs with the body frozen before unfreezing
-    partial: bool = False  # transfer: skip layers that do not fit instead of failing
-    lr_mult: float = 100.0  # transfer: head LR / body LR once unfrozen (fastai fine_tune's default)
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        get_arch(self.arch)
-        checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.bs >= 1, f"--bs must be at least 1, got {self.bs}"),
-            (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}"),
-            (self.mom is None or 0 <= self.mom < 1, f"--mom must be in [0, 1), got {self.mom}"),
-            (self.wd is None or self.wd >= 0, f"--wd must be non-negative, got {self.wd}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
-            (self.aug in AUG_PRESETS, f"--aug must be one of {', '.join(AUG_PRESETS)}, got {self.aug!r}"),
-            (not (self.mixup and self.cutmix), "--mixup and --cutmix cannot be used together"),
-            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.freeze_epochs >= 0, f"--freeze-epochs must be non-negative, got {self.freeze_epochs}"),
-            (self.lr_mult >= 1, f"--lr-mult must be at least 1, got {self.lr_mult}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise OptionError(msg)
-        self.split  # validates the split options
-
-    @property
-    def total_epochs(self) -> int:
-        return self.epochs + (self.freeze_epochs if self.from_run else 0)
-
-    @property
-    def split(self) -> SplitSpec:
-        return SplitSpec(self.valid_pct, self.n_folds, self.fold, self.full, self.seed)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+OPTIMIZERS = dict(zip(OPT_NAMES, (SGD, Adam, RMSProp)))
 
 
 class CrossEntropyLoss(CrossEntropyLossFlat):
@@ -158,12 +90,13 @@ class ToolkitLearner(Learner):
 def build_learner(dls, cfg: TrainConfig, model: torch.nn.Module | None = None, quiet: bool = False,
                   progress: Callable | None = None) -> Learner:
     """A fastai Learner for `cfg` on `dls`; `progress` replaces fastai's progress callback."""
-    model = model or create_model(cfg.arch, len(dls.vocab), cfg.bn, cfg.dropout)
-    opt_kw = {} if cfg.mom is None else {"mom": cfg.mom}
-    opt_func = (lambda ps, lr, **kw: OPTIMIZERS[cfg.opt](ps, lr, **{**kw, **opt_kw}))
-    cbs = [MixUp()] if cfg.mixup else [CutMix()] if cfg.cutmix else []
-    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                    opt_func=opt_func, metrics=[accuracy, error_rate], splitter=splitter, wd=cfg.wd, cbs=cbs,
+    m, o, r = cfg.model, cfg.optim, cfg.reg
+    model = model or create_model(m.arch, len(dls.vocab), m.bn, m.dropout)
+    opt_kw = {} if o.mom is None else {"mom": o.mom}
+    opt_func = (lambda ps, lr, **kw: OPTIMIZERS[o.opt](ps, lr, **{**kw, **opt_kw}))
+    cbs = [MixUp()] if r.mixup else [CutMix()] if r.cutmix else []
+    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLoss(label_smoothing=r.label_smoothing),
+                    opt_func=opt_func, metrics=[accuracy, error_rate], splitter=splitter, wd=o.wd, cbs=cbs,
                     path=Path(tempfile.gettempdir()) / "kmnist-fa", model_dir=".")
     if quiet or progress is not None:
         learn.remove_cb(ProgressCallback)
@@ -188,8 +121,9 @@ def suggest_lrs(learn: Learner, plot: str | Path | None = None) -> dict[str, flo
 
 def _fit(learn: Learner, cfg: TrainConfig, lr: float, start_epoch: int = 0, recorder=None) -> None:
     """Fit from global epoch `start_epoch`; transfer runs follow fastai's fine_tune in two phases."""
-    if cfg.from_run:
-        n = cfg.freeze_epochs
+    o, t = cfg.optim, cfg.transfer
+    if t.from_run:
+        n = t.freeze_epochs
         if start_epoch < n:
             learn.freeze()
             if recorder:
@@ -199,113 +133,151 @@ def _fit(learn: Learner, cfg: TrainConfig, lr: float, start_epoch: int = 0, reco
         if recorder:
             recorder.offset, recorder.start_epoch = n, max(0, start_epoch - n)
         base = lr / 2  # fastai fine_tune halves the LR for the unfrozen phase
-        learn.fit_one_cycle(cfg.epochs, slice(base / cfg.lr_mult, base), pct_start=0.3, div=5.0,
+        learn.fit_one_cycle(o.epochs, slice(base / t.lr_mult, base), pct_start=0.3, div=5.0,
                             start_epoch=max(0, start_epoch - n))
         return
-    if cfg.schedule == "one-cycle":
-        moms = None if cfg.mom is None else (cfg.mom, cfg.mom, cfg.mom)
-        learn.fit_one_cycle(cfg.epochs, lr, moms=moms, start_epoch=start_epoch)
-    elif cfg.schedule == "cosine":
-        learn.fit(cfg.epochs, lr, cbs=ParamScheduler({"lr": SchedCos(lr, lr * 1e-3)}), start_epoch=start_epoch)
+    if o.schedule == "one-cycle":
+        moms = None if o.mom is None else (o.mom, o.mom, o.mom)
+        learn.fit_one_cycle(o.epochs, lr, moms=moms, start_epoch=start_epoch)
+    elif o.schedule == "cosine":
+        learn.fit(o.epochs, lr, cbs=ParamScheduler({"lr": SchedCos(lr, lr * 1e-3)}), start_epoch=start_epoch)
     else:
-        learn.fit(cfg.epochs, lr, start_epoch=start_epoch)
+        learn.fit(o.epochs, lr, start_epoch=start_epoch)
 
 
 @dataclass
 class TrainResult:
     path: Path
-    meta: dict
+    record: RunRecord
     learn: Learner
 
 
 def prepare(cfg: TrainConfig, data: MnistData | None = None):
     """Seeded data + DataLoaders for a config (the same calls in train and resume)."""
-    set_seed(cfg.seed, reproducible=True)
-    data = data or load_dataset(cfg.dataset, cfg.data)
-    dls = make_dls(data, cfg.split, cfg.aug, cfg.bs, default_device(cfg.cpu))
+    set_seed(cfg.split.seed, reproducible=True)
+    data = data or load_dataset(cfg.data.dataset, cfg.data.data)
+    dls = make_dls(data, cfg.split, cfg.reg.aug, cfg.optim.bs, default_device(cfg.cpu))
     return data, dls
 
 
 def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = None, quiet: bool = False,
           progress: Callable | None = None, data: MnistData | None = None, cbs: list | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
-    """Train a model from scratch into `models/<name>/`."""
+    """Train a model from scratch into `models/<name>/`.
+
+    The name may be that of a run which stopped before finishing its first epoch:
+    nothing of it was worth keeping, so it starts again.
+    """
     name = runs.check_name(name or runs.default_name(cfg.arch))
     path = runs.models_dir(root) / name
-    if path.exists() and any(path.iterdir()):
-        raise OptionError(f"--name: run {name!r} already exists in {path.parent}; pick another name "
-                          f"or `--resume {name}` to continue it")
+    path.mkdir(parents=True, exist_ok=True)
+    with runs.run_lock(path):
+        _clear_unstarted(path, name, log)
+        return _start(cfg, path, name, root, quiet, progress, data, cbs, log)
+
+
+_UNSTARTED_FILES = {runs.RUN_FILE, runs.HISTORY_FILE, runs.CURVES_FILE}
+
+
+def _clear_unstarted(path: Path, name: str, log: Callable[[str], None]) -> None:
+    """Empty `path` if it holds a run that never finished an epoch; refuse anything else."""
+    runs.remove_leftovers(path)
+    present = {p.name for p in path.iterdir()}
+    if not present:
+        return
+    try:
+        rec = runs.RunRecord.read(path)
+    except RunError:
+        rec = None
+    if present <= _UNSTARTED_FILES and rec is not None and rec.epochs_done == 0 and not rec.complete:
+        for f in present:
+            (path / f).unlink()
+        log(f"run {name}: its earlier start stopped before finishing an epoch; starting it again")
+        return
+    raise OptionError(f"--name: run {name!r} already exists in {path.parent}; pick another name "
+                      f"or `--resume {name}` to continue it")
+
+
+def _start(cfg, path, name, root, quiet, progress, data, cbs, log) -> TrainResult:
     data, dls = prepare(cfg, data)
     if "recipe" in cfg.extra:
         log(f"recipe: {cfg.extra['recipe'] or 'none (toolkit defaults)'}")
     model = parent = None
-    if cfg.from_run:
-        model, parent = init_from(cfg.from_run, cfg.arch, len(data.classes), cfg.bn, cfg.dropout, cfg.partial, root)
-        if parent["skipped"]:
-            log(f"--from: skipped {len(parent['skipped'])} layers that do not fit: {', '.join(parent['skipped'])}")
+    m, t = cfg.model, cfg.transfer
+    if t.from_run:
+        model, parent = init_from(t.from_run, m.arch, len(data.classes), m.bn, m.dropout, t.partial, root)
+        if parent.skipped:
+            log(f"--from: skipped {len(parent.skipped)} layers that do not fit: {', '.join(parent.skipped)}")
     learn = build_learner(dls, cfg, model=model, quiet=quiet, progress=progress)
-    if cfg.from_run:
+    if t.from_run:
         learn.freeze()  # lr_find on the model as its first phase trains it
-    lr, lr_source = cfg.lr, "--lr"
+    lr, lr_source = cfg.optim.lr, "--lr"
     if lr is None:
         lr, lr_source = suggest_lrs(learn)["valley"], "lr_find valley"
         log(f"lr_find: using the valley suggestion lr={lr:.2e}")
-    meta = {
-        "format_version": runs.FORMAT_VERSION, "name": name, "status": "running",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": cfg.to_dict(),
-        "arch": cfg.arch, "n_params": n_params(learn.model), "lr": lr, "lr_source": lr_source,
-        "classes": dls.info.classes, "chars": dls.info.chars,
-        "norm": {"mean": dls.info.mean, "std": dls.info.std},
-        "data": data.provenance(),
-        "split": {**cfg.split.to_dict(), "kind": cfg.split.kind, "n_train": len(dls.info.train_idx),
-                  "n_valid": len(dls.info.valid_idx)},
-        "device": str(dls.device), "versions": runs.versions(), "history": [], "wall_time_s": 0.0,
-        "total_epochs": cfg.total_epochs, "parent": parent,
-    }
-    path.mkdir(parents=True, exist_ok=True)
-    runs.write_run(path, meta)
-    return _run_fit(learn, cfg, lr, path, meta, 0, cbs)
+    info = dls.info
+    record = RunRecord(
+        name=name, config=cfg, n_params=n_params(learn.model), lr=lr, lr_source=lr_source,
+        classes=info.classes, chars=info.chars, norm=Norm(info.mean, info.std), data=DataSource(**data.provenance()),
+        split=SplitSizes(len(info.train_idx), len(info.valid_idx)), total_epochs=cfg.total_epochs,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"), device=str(dls.device), versions=runs.versions(), parent=parent)
+    record.write(path)
+    return _run_fit(learn, cfg, lr, path, record, 0, cbs)
 
 
-def _run_fit(learn, cfg, lr, path, meta, start_epoch, cbs, smooth_loss=None) -> TrainResult:
-    recorder = runs.RunRecorder(path, meta, start_epoch, smooth_loss)
+def _run_fit(learn, cfg, lr, path, record, start_epoch, cbs, smooth_loss=None, best_state=None) -> TrainResult:
+    recorder = RunRecorder(path, record, start_epoch, smooth_loss, best_state)
     learn.add_cbs([recorder, *(cbs or [])])
     try:
-        _fit(learn, cfg, lr, start_epoch, recorder)
+        if start_epoch < record.total_epochs:
+            _fit(learn, cfg, lr, start_epoch, recorder)
     finally:
         learn.remove_cbs([recorder, *(cbs or [])])
-    meta["status"] = "complete"
-    meta["metrics"] = meta.get("best")
-    runs.write_run(path, meta)
-    (path / runs.CKPT_FILE).unlink(missing_ok=True)
-    runs.plot_curves(path, meta["history"])
+    finalize(path, record)
     # hand back the best epoch's weights, which is what model.pth holds
     learn.model.load_state_dict(runs.load_state(path / runs.MODEL_FILE))
-    return TrainResult(path, meta, learn)
+    return TrainResult(path, record, learn)
 
 
 def resume(name_or_path: str | Path, root: str | Path | None = None, quiet: bool = False,
-           progress: Callable | None = None, data: MnistData | None = None, cbs: list | None = None) -> TrainResult:
-    """Continue an interrupted run from its last completed epoch, schedule and RNG included."""
+           progress: Callable | None = None, data: MnistData | None = None, cbs: list | None = None,
+           log: Callable[[str], None] = print) -> TrainResult:
+    """Continue an interrupted run from its last committed epoch, schedule and RNG included.
+
+    A run that stopped before committing its first epoch starts again from scratch
+    with its saved options, which gives the same result as never having stopped.
+    """
     path = runs.run_path(name_or_path, root)
-    meta = runs.read_run(path)
-    if meta.get("status") == "complete":
-        raise RunError(f"{path}: run is already complete ({meta.get('epochs_done')} epochs); nothing to resume")
-    ckpt_file = path / runs.CKPT_FILE
-    if not ckpt_file.exists():
-        raise RunError(f"{ckpt_file}: missing; the run stopped before finishing its first epoch, start it again")
-    cfg = TrainConfig.from_dict(meta["config"])
-    data, dls = prepare(cfg, data)
-    ckpt = runs.load_state(ckpt_file, dls.device)  # optimiser state must sit beside the parameters
-    if data.fingerprint != meta["data"]["fingerprint"]:
-        raise RunError(f"{path}: the data found now differs from the data this run was trained on "
-                       f"({meta['data']['root']}); pass the same --data")
-    model = create_model(cfg.arch, len(data.classes), cfg.bn, cfg.dropout)  # weights come from the checkpoint
-    learn = build_learner(dls, cfg, model=model, quiet=quiet, progress=progress)
-    learn.model.load_state_dict(ckpt["model"])
-    learn.create_opt()
-    runs.load_opt_state(learn.opt, ckpt["opt"])
-    runs.set_rng_state(ckpt["rng"], dls.train)
-    done = ckpt["epoch"] + 1
-    meta["history"] = meta["history"][:done]
-    return _run_fit(learn, cfg, meta["lr"], path, meta, done, cbs, ckpt.get("smooth_loss"))
+    with runs.run_lock(path):
+        runs.remove_leftovers(path)
+        record = RunRecord.read(path)
+        ckpt_file = path / runs.CKPT_FILE
+        if record.complete:
+            ckpt_file.unlink(missing_ok=True)  # left by a kill between the final run.json and its removal
+            raise RunError(f"{path}: run is already complete ({record.epochs_done} epochs); nothing to resume")
+        if not ckpt_file.exists():
+            if record.epochs_done:
+                raise RunError(f"{ckpt_file}: missing, although {record.epochs_done} epochs are recorded; the run "
+                               f"cannot continue: train it again under a new --name")
+            _clear_unstarted(path, record.name, log)
+            return _start(record.config, path, record.name, root, quiet, progress, data, cbs, log)
+        cfg = record.config
+        data, dls = prepare(cfg, data)
+        if data.fingerprint != record.data.fingerprint:
+            raise RunError(f"{path}: the data found now differs from the data this run was trained on "
+                           f"({record.data.root}); pass the same --data")
+        ckpt, record, best_state = load_checkpoint(path, record, dls.device)
+        publish(path, record, best_state)  # views that a kill left behind the commit catch up first
+        m = cfg.model
+        learn = build_learner(dls, cfg, model=create_model(m.arch, len(data.classes), m.bn, m.dropout),
+                              quiet=quiet, progress=progress)
+        try:
+            learn.model.load_state_dict(ckpt["model"])
+            learn.create_opt()
+            load_opt_state(learn.opt, ckpt["opt"])
+            set_rng_state(ckpt["rng"], dls.train)
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:
+            raise RunError(f"{ckpt_file}: does not fit this run ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        return _run_fit(learn, cfg, record.lr, path, record, record.epochs_done, cbs, ckpt["smooth_loss"],
+                        best_state)

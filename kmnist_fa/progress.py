@@ -44,7 +44,7 @@ class RichProgress(Callback):
         """(epochs of earlier phases, epochs in the whole run): a fine-tuning run fits twice,
         and its rows and bars should count on from phase one as run.json does."""
         rec = getattr(self.learn, "run_recorder", None)
-        return (rec.offset, rec.meta["total_epochs"]) if rec is not None else (0, self.n_epoch)
+        return (rec.offset, rec.record.total_epochs) if rec is not None else (0, self.n_epoch)
 
     def _launch(self, what: str):
         offset, total = self._run_epochs()

@@ -1,6 +1,7 @@
 """Named training recipes: one small TOML file each in `kmnist_fa/recipes/`.
 
-A recipe is a partial `TrainConfig` plus a description. `report-*` recipes
+A recipe is a partial `TrainConfig` (flat option names, `config.RECIPE_KEYS`) plus a
+description. `report-*` recipes
 reproduce the rows of the report's results table; `default-<arch>` is what
 `kmnist-fa train ARCH` uses, chosen by cross-validation (see models/README.md).
 Precedence: TrainConfig defaults < recipe < options given on the command line.
@@ -8,7 +9,6 @@ Precedence: TrainConfig defaults < recipe < options given on the command line.
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -16,11 +16,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .config import OPTIONS, RECIPE_KEYS, TrainConfig
 from .errors import OptionError
-from .learner import TrainConfig
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-_FIELDS = {f.name for f in fields(TrainConfig)} - {"data", "dataset", "cpu", "extra"}
 
 
 def list_recipes() -> dict[str, dict]:
@@ -41,9 +40,14 @@ def load_recipe(name_or_path: str | Path) -> dict:
         raise OptionError(f"--recipe: {p} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise OptionError(f"--recipe: {p} is not valid TOML ({e})") from None
-    unknown = set(rec) - _FIELDS - {"description"}
+    unknown = set(rec) - set(RECIPE_KEYS) - {"description"}
     if unknown:
         raise OptionError(f"--recipe: {p} has unknown keys: {', '.join(sorted(unknown))}")
+    if not isinstance(rec.get("description", ""), str):
+        raise OptionError(f"--recipe: {p}: description must be a string")
+    for k, v in rec.items():
+        if k != "description":
+            rec[k] = OPTIONS[k].check(v, f"--recipe {p.name}: {k}")
     return rec
 
 
@@ -63,6 +67,4 @@ def resolve_config(arch: str | None, recipe: str | None, overrides: dict) -> tup
     if "arch" not in values:
         raise OptionError("ARCH is required (see `kmnist-fa archs`), or a --recipe that names one")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = TrainConfig(**values)
-    cfg.extra["recipe"] = recipe
-    return cfg, recipe
+    return TrainConfig.build(extra={"recipe": recipe}, **values), recipe

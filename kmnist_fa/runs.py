@@ -1,38 +1,44 @@
 """Runs on disk: `models/<name>/` with model.pth, run.json, history.csv, curves.png.
 
-`model.pth` is a bare state_dict and `run.json` holds everything else, so a run loads
-with `torch.load(weights_only=True)` and never unpickles code. Every write goes
-through a temp file and a rename: killing training at any instant leaves the last
-good files in place. `checkpoint.pth` (weights, optimiser, RNG states, epoch) exists
-only while a run is unfinished and is what `--resume` continues from.
+`RunRecord` is the one type that reads, validates, migrates and writes run.json;
+nothing else touches its keys. A record that does not validate is refused with one
+line naming the file, the field and what is wrong, never half-used: a NaN
+normalisation or a string where a number belongs would otherwise surface as silent
+garbage predictions or tracebacks far from the cause.
+
+`model.pth` is a bare state_dict, so a run loads with `torch.load(weights_only=True)`
+and never unpickles code. While a run trains, `checkpoint.pth` is its commit point
+(see checkpoint.py); run.json, model.pth and history.csv are views of it.
+
+Format versions: 1 (kmnist-fa 0.1: a flat `config`) is migrated in memory when read;
+writes are always the current version; a run written by a newer version is refused
+with a message to upgrade rather than guessed at.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import random
 import re
-import time
-import warnings
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, make_dataclass
 from datetime import datetime
 from pathlib import Path
-
-import numpy as np
-import torch
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    from fastai.callback.core import Callback
-    from fastcore.foundation import L
+from typing import Iterator
 
 from . import __version__
-from .atomic import torch_save, write_csv, write_json
-from .errors import OptionError, RunError
+from .atomic import write_json
+from .config import OPTIONS, TrainConfig
+from .errors import KmnistError, OptionError, RunError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODEL_FILE, RUN_FILE, CKPT_FILE, HISTORY_FILE, CURVES_FILE = (
     "model.pth", "run.json", "checkpoint.pth", "history.csv", "curves.png")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_RUN_JSON = 16 << 20  # far above any real run.json (a 200-epoch run is ~60 KB)
+MAX_ITEMS = 100_000  # entries in any one list of run.json
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def models_dir(path: str | Path | None = None) -> Path:
@@ -42,7 +48,8 @@ def models_dir(path: str | Path | None = None) -> Path:
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
-        raise OptionError(f"--name: {name!r} is not a valid run name (letters, digits, '.', '_', '-'; no slashes)")
+        raise OptionError(f"--name: {name[:80]!r} is not a valid run name (letters, digits, '.', '_', '-'; "
+                          "no slashes; at most 200 characters)")
     return name
 
 
@@ -61,27 +68,404 @@ def run_path(name_or_path: str | Path, root: str | Path | None = None) -> Path:
     raise RunError(f"{name_or_path}: no such run (looked in {p} and {q}); `kmnist-fa models` lists runs")
 
 
-def read_run(path: str | Path) -> dict:
-    """run.json of a run folder, checked for format compatibility."""
-    f = Path(path) / RUN_FILE
+# --------------------------------------------------------------------------- typed decoding
+
+class _Invalid(RunError):
+    """A field of a run record is wrong; carries the dotted field path (and `from_json` adds the file)."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where}: {problem}")
+
+
+def _decode(tp, value, where: str):
+    """`value` (parsed JSON) checked against annotation `tp`; ints are accepted where floats are."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _decode(inner[0], value, where)
+    if tp is typing.Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Invalid(where, f"expected a list, got {_show(value)}")
+        if len(value) > MAX_ITEMS:
+            raise _Invalid(where, f"{len(value):,} entries (at most {MAX_ITEMS:,})")
+        return [_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(where, f"expected a table, got {_show(value)}")
+        if not args:
+            return value
+        return {k: _decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Invalid(where, f"expected a table, got {_show(value)}")
+        hints = typing.get_type_hints(tp)
+        kw = {}
+        for f in fields(tp):
+            if not f.init:
+                continue
+            if f.name in value:
+                kw[f.name] = _decode(hints[f.name], value[f.name], f"{where}.{f.name}" if where else f.name)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise _Invalid(f"{where}.{f.name}" if where else f.name, "missing")
+        try:
+            return tp(**kw)
+        except (OptionError, ValueError) as e:
+            raise _Invalid(where or tp.__name__, str(e)) from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Invalid(where, f"expected true or false, got {_show(value)}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(where, f"expected a whole number, got {_show(value)}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(where, f"expected a number, got {_show(value)}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Invalid(where, f"must be a finite number, got {value}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise _Invalid(where, f"expected a string, got {_show(value)}")
+        if len(value) > 4096:
+            raise _Invalid(where, f"string of {len(value):,} characters (at most 4096)")
+    return value
+
+
+def _show(value) -> str:
+    s = json.dumps(value, ensure_ascii=True, default=str) if not isinstance(value, str) else repr(value)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _check(ok: bool, where: str, problem: str) -> None:
+    if not ok:
+        raise _Invalid(where, problem)
+
+
+# --------------------------------------------------------------------------- the record
+
+@dataclass
+class Norm:
+    """The training images' pixel statistics, which every prediction is normalised with."""
+
+    mean: float
+    std: float
+
+    def __post_init__(self):
+        _check(self.std > 0, "norm.std", f"must be positive, got {self.std}")
+
+
+@dataclass
+class Best:
+    """The epoch whose weights model.pth holds: highest valid accuracy, or the last with no validation."""
+
+    epoch: int
+    accuracy: float | None = None
+    valid_loss: float | None = None
+    train_loss: float | None = None
+
+    def __post_init__(self):
+        _check(self.accuracy is None or 0 <= self.accuracy <= 1, "best.accuracy",
+               f"must be in [0, 1], got {self.accuracy}")
+
+
+@dataclass
+class DataSource:
+    """Which data a run saw: `fingerprint` (MD5 of the training files' MD5s) tells runs' data apart."""
+
+    name: str
+    root: str
+    fingerprint: str
+    named: bool = False
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(bool(_HEX_RE.match(self.fingerprint)), "data.fingerprint", "must be 32 lowercase hex digits")
+
+
+@dataclass
+class SplitSizes:
+    n_train: int
+    n_valid: int
+
+    def __post_init__(self):
+        _check(self.n_train >= 0 and self.n_valid >= 0, "split", "image counts must be non-negative")
+
+
+@dataclass
+class Parent:
+    """Where a transfer run's starting weights came from (a run, or a state_dict file)."""
+
+    kind: str
+    path: str
+    weights_md5: str
+    name: str | None = None
+    arch: str | None = None
+    dataset: str | None = None
+    data_fingerprint: str | None = None
+    classes: list[str] | None = None
+    head: str | None = None
+    loaded: int | None = None
+    skipped: list[str] = field(default_factory=list)
+    parent: Parent | None = None
+
+    def __post_init__(self):
+        _check(self.kind in ("run", "state_dict"), "parent.kind", f"must be run or state_dict, got {self.kind!r}")
+
+
+@dataclass
+class RunRecord:
+    """run.json: what a run was asked to do (`config`), what it found (data, classes, normalisation,
+    learning rate) and how far it got (history, best epoch, status)."""
+
+    name: str
+    config: TrainConfig
+    n_params: int
+    lr: float
+    lr_source: str
+    classes: list[str]
+    norm: Norm
+    data: DataSource
+    split: SplitSizes
+    total_epochs: int
+    created: str
+    chars: list[str] | None = None
+    device: str = "cpu"
+    versions: dict[str, str | None] = field(default_factory=dict)
+    status: str = "running"
+    updated: str | None = None
+    epochs_done: int = 0
+    wall_time_s: float = 0.0
+    history: list[dict[str, float | None]] = field(default_factory=list)
+    best: Best | None = None
+    parent: Parent | None = None
+    extra: dict = field(default_factory=dict)  # top-level keys this version does not know, kept as they were
+    path: Path | None = field(default=None, compare=False, repr=False)  # the folder it was read from
+
+    def __post_init__(self):
+        _check(bool(_NAME_RE.match(self.name)), "name", f"{self.name[:60]!r} is not a valid run name")
+        _check(self.status in ("running", "complete"), "status", f"must be running or complete, got {self.status!r}")
+        _check(self.n_params >= 1, "n_params", f"must be positive, got {self.n_params}")
+        _check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes), "classes",
+               "must be at least two distinct names")
+        _check(all(0 < len(c) <= 100 for c in self.classes), "classes", "names must be 1-100 characters")
+        _check(self.chars is None or (len(self.chars) == len(self.classes) and all(len(c) <= 8 for c in self.chars)),
+               "chars", f"must be {len(self.classes)} short strings, one per class")
+        _check(self.total_epochs >= 1, "total_epochs", f"must be at least 1, got {self.total_epochs}")
+        _check(0 <= self.epochs_done <= self.total_epochs, "epochs_done",
+               f"must be in 0..{self.total_epochs}, got {self.epochs_done}")
+        _check(self.status == "running" or self.epochs_done == self.total_epochs, "status",
+               f"complete, but only {self.epochs_done} of {self.total_epochs} epochs are done")
+        _check(len(self.history) == self.epochs_done, "history",
+               f"{len(self.history)} rows for {self.epochs_done} epochs done")
+        for i, row in enumerate(self.history):
+            _check(row.get("epoch") == i, f"history[{i}].epoch", f"must be {i}, got {row.get('epoch')}")
+            _check(len(row) <= 64 and all(len(k) <= 64 for k in row), f"history[{i}]", "too many or too long columns")
+            row["epoch"] = i  # stored as a whole number, not the float the generic check made of it
+        _check(self.best is not None or self.epochs_done == 0, "best", "missing although epochs are done")
+        _check(self.best is None or 0 <= self.best.epoch < self.epochs_done, "best.epoch",
+               f"must be one of the {self.epochs_done} epochs done")
+        _check(self.wall_time_s >= 0, "wall_time_s", "must be non-negative")
+
+    # ---- views
+
+    @property
+    def arch(self) -> str:
+        return self.config.model.arch
+
+    @property
+    def split_kind(self) -> str:
+        return self.config.split.kind
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    def label(self, i: int) -> str:
+        """Display name of class `i`: "お o" when the characters are known."""
+        return f"{self.chars[i]} {self.classes[i]}" if self.chars else self.classes[i]
+
+    # ---- JSON
+
+    def to_json(self) -> dict:
+        out = {"format_version": FORMAT_VERSION}
+        for f in fields(self):
+            if f.name in ("extra", "path"):
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if isinstance(v, TrainConfig) else _plain(v)
+        return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
+
+    @classmethod
+    def from_json(cls, d: dict, source: str | Path = "run.json", path: Path | None = None) -> "RunRecord":
+        """Validate (and migrate) parsed run.json; any problem is one RunError naming `source` and the field."""
+        try:
+            if not isinstance(d, dict):
+                raise _Invalid("run.json", f"expected a table, got {_show(d)}")
+            version = d.get("format_version")
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise _Invalid("format_version", f"must be a whole number from 1 to {FORMAT_VERSION}, "
+                                                 f"got {_show(version)}")
+            if version > FORMAT_VERSION:
+                raise RunError(f"{source}: written by a newer kmnist-fa (format {version}, this version reads up to "
+                               f"{FORMAT_VERSION}); upgrade kmnist-fa")
+            d = dict(d)
+            for v in range(version, FORMAT_VERSION):
+                d = _MIGRATIONS[v](d)
+            d.pop("format_version")
+            try:
+                config = TrainConfig.from_dict(d.pop("config"))
+            except KeyError:
+                raise _Invalid("config", "missing") from None
+            except OptionError as e:
+                raise _Invalid("config", str(e)) from None
+            known = {f.name for f in fields(cls)} - {"extra", "path", "config"}
+            extra = {k: d.pop(k) for k in list(d) if k not in known}
+            rec = _decode(_RecordFields, d, "")
+            return cls(config=config, extra=extra, path=path, **{f.name: getattr(rec, f.name) for f in fields(rec)})
+        except _Invalid as e:
+            raise RunError(f"{source}: {e}") from None
+        except RecursionError:
+            raise RunError(f"{source}: nested too deeply") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> "RunRecord":
+        """The record of a run folder; a missing, oversized, corrupt or invalid run.json is a RunError."""
+        path = Path(path)
+        f = path / RUN_FILE
+        try:
+            with open(f, "rb") as fh:
+                raw = fh.read(MAX_RUN_JSON + 1)
+        except FileNotFoundError:
+            raise RunError(f"{f}: missing (not a kmnist-fa run folder)") from None
+        except OSError as e:
+            raise RunError(f"{f}: cannot be read ({e.strerror})") from None
+        if len(raw) > MAX_RUN_JSON:
+            raise RunError(f"{f}: larger than {MAX_RUN_JSON >> 20} MiB; not a run.json kmnist-fa wrote")
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints over Python's digit limit
+            raise RunError(f"{f}: corrupt JSON ({str(e)[:120]})") from None
+        except RecursionError:
+            raise RunError(f"{f}: nested too deeply") from None
+        return cls.from_json(d, f, path)
+
+    def write(self, path: str | Path | None = None) -> Path:
+        path = Path(path or self.path)
+        self.updated = datetime.now().isoformat(timespec="seconds")
+        self.path = path
+        return write_json(path / RUN_FILE, self.to_json())
+
+
+def _plain(v):
+    """Dataclasses (and lists of them) as JSON-able dicts, dropping nothing."""
+    if is_dataclass(v):
+        return {f.name: _plain(getattr(v, f.name)) for f in fields(v)}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _record_fields():
+    """RunRecord's JSON fields but `config`, `extra` and `path`, as a dataclass for `_decode`."""
+    hints = typing.get_type_hints(RunRecord)
+    spec = []
+    for f in fields(RunRecord):
+        if f.name in ("config", "extra", "path"):
+            continue
+        spec.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory)))
+    return make_dataclass("_RecordFields", spec)
+
+
+_RecordFields = _record_fields()
+
+
+def _migrate_1(d: dict) -> dict:
+    """Format 1 (kmnist-fa 0.1): a flat `config`; a top-level `arch`/`metrics` duplicating `config`/`best`;
+    `split` repeating the config's split options beside the image counts; early runs lack `total_epochs`."""
+    cfg = d.get("config")
+    if not isinstance(cfg, dict):
+        raise _Invalid("config", f"expected a table, got {_show(cfg)}")
+    nested: dict = {}
+    for k, v in cfg.items():
+        if k in OPTIONS:
+            o = OPTIONS[k]
+            (nested.setdefault(o.group, {}) if o.group else nested)[k] = v
+    nested["extra"] = cfg.get("extra") or {}
+    split = d.get("split")
+    d = {k: v for k, v in d.items() if k not in ("arch", "metrics")}
+    d["config"] = nested
+    if "total_epochs" not in d and isinstance(cfg.get("epochs"), int):
+        d["total_epochs"] = cfg["epochs"] + (cfg.get("freeze_epochs", 1) if cfg.get("from_run") else 0)
+    if isinstance(split, dict):
+        d["split"] = {k: split[k] for k in ("n_train", "n_valid") if k in split}
+    return d
+
+
+_MIGRATIONS = {1: _migrate_1}
+
+
+# --------------------------------------------------------------------------- listing and locking
+
+@dataclass
+class Unreadable:
+    """A folder with a run.json that does not load; listings show it and go on."""
+
+    name: str
+    path: Path
+    reason: str
+
+
+def list_runs(root: str | Path | None = None) -> list[RunRecord | Unreadable]:
+    """Every run under the models dir, sorted by folder; one bad run.json never hides the others."""
+    base = models_dir(root)
+    out: list[RunRecord | Unreadable] = []
+    for p in sorted(base.glob(f"**/{RUN_FILE}")):
+        try:
+            out.append(RunRecord.read(p.parent))
+        except KmnistError as e:
+            out.append(Unreadable(str(p.parent.relative_to(base)), p.parent, str(e)))
+    return out
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold a run folder for writing: a second trainer of the same run is refused, not interleaved.
+
+    An advisory `flock` on the folder itself, so no lock file is left behind and a
+    killed holder releases it with its process. Where `fcntl` does not exist
+    (Windows) runs are not locked.
+    """
     try:
-        meta = json.loads(f.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{f}: missing (not a kmnist-fa run folder)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{f}: corrupt JSON ({e})") from None
-    if not isinstance(meta, dict) or "format_version" not in meta:
-        raise RunError(f"{f}: not a kmnist-fa run.json (no format_version)")
-    if meta["format_version"] > FORMAT_VERSION:
-        raise RunError(f"{f}: written by a newer kmnist-fa (format {meta['format_version']}, this version reads "
-                       f"up to {FORMAT_VERSION}); upgrade kmnist-fa")
-    return meta
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{path}: another process is training this run; wait for it or stop it first") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
-def write_run(path: str | Path, meta: dict) -> None:
-    meta["updated"] = datetime.now().isoformat(timespec="seconds")
-    write_json(Path(path) / RUN_FILE, meta)
+def remove_leftovers(path: Path) -> list[str]:
+    """Delete temp files of writes that a kill interrupted (call only while holding `run_lock`)."""
+    gone = []
+    for p in path.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        gone.append(p.name)
+    return gone
 
+
+# --------------------------------------------------------------------------- weights
 
 def cpu_state(model) -> dict:
     """state_dict on the CPU, so a run trained on a GPU loads anywhere."""
@@ -90,13 +474,16 @@ def cpu_state(model) -> dict:
 
 def load_state(file: str | Path, device="cpu") -> dict:
     """A tensor-only file via `weights_only=True`; corruption becomes a one-line RunError."""
+    import torch
+
     file = Path(file)
     if not file.exists():
         raise RunError(f"{file}: missing")
     try:
         return torch.load(file, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbage files
-        raise RunError(f"{file}: corrupt or not a weights-only state file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise RunError(f"{file}: corrupt or not a weights-only state file ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
 
 
 def git_commit() -> str | None:
@@ -113,147 +500,9 @@ def git_commit() -> str | None:
 
 def versions() -> dict:
     import fastai
+    import torch
 
     return {"kmnist_fa": __version__, "fastai": fastai.__version__, "torch": torch.__version__, "git": git_commit()}
-
-
-# --------------------------------------------------------------------------- RNG + optimiser state
-
-def rng_state(dl) -> dict:
-    """Every RNG training draws from, in weights_only-loadable types."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "dl": dl.rng.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict, dl) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(_tuplify(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].cpu().numpy().astype(np.uint32), *n[2:]))
-    dl.rng.setstate(_tuplify(state["dl"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
-
-
-def _tuplify(o):
-    return tuple(_tuplify(x) for x in o) if isinstance(o, (list, tuple)) else o
-
-
-def opt_state(opt) -> dict:
-    # fastai keeps hypers in an `L` and schedulers leave numpy floats in them; weights_only
-    # loading refuses both, so store plain lists, dicts and Python numbers.
-    sd = opt.state_dict()
-    return {"state": [_plain(s) for s in sd["state"]], "hypers": [_plain(h) for h in sd["hypers"]]}
-
-
-def _plain(d: dict) -> dict:
-    return {k: v.item() if isinstance(v, np.generic) else v for k, v in d.items()}
-
-
-def load_opt_state(opt, sd: dict) -> None:
-    opt.load_state_dict({"state": sd["state"], "hypers": L(sd["hypers"])})
-
-
-# --------------------------------------------------------------------------- the callback
-
-class RunRecorder(Callback):
-    """Writes the run folder as training goes: history each epoch, best weights, checkpoint.
-
-    Runs after fastai's Recorder (order 50) so the epoch's metrics are final. The
-    best epoch (highest valid accuracy; with no validation, the last) is what
-    `model.pth` holds.
-    """
-
-    order = 55
-
-    def __init__(self, path: Path, meta: dict, start_epoch: int = 0, smooth_loss: list | None = None):
-        self.path, self.meta, self.start_epoch, self.smooth_loss = Path(path), meta, start_epoch, smooth_loss
-        self.offset = 0  # epochs of earlier phases (fine-tuning fits twice)
-
-    def before_fit(self):
-        self.t0 = time.time()
-        self.wall0 = self.meta.get("wall_time_s", 0.0)
-        if self.smooth_loss is not None:  # so a resumed run logs the same train_loss as an uninterrupted one
-            sl = self.recorder.smooth_loss
-            sl.count, sl.val = self.smooth_loss[0], torch.tensor(self.smooth_loss[1], device=sl.val.device)
-            self.smooth_loss = None  # only the first fit of a resume continues the saved average
-
-    def after_epoch(self):
-        if self.epoch < self.start_epoch:  # fastai's SkipToEpoch still fires after_epoch for skipped epochs
-            return
-        names = list(self.recorder.metric_names)[1:]
-        row = dict(zip(names, self.recorder.values[-1] + [None] * (len(names) - len(self.recorder.values[-1]))))
-        row.pop("time", None)
-        epoch = self.offset + self.epoch
-        row = {"epoch": epoch, **{k: (None if v is None else float(v)) for k, v in row.items()},
-               "seconds": round(time.time() - self._epoch_t0, 2) if hasattr(self, "_epoch_t0") else None}
-        history = self.meta.setdefault("history", [])
-        history.append(row)
-        acc = row.get("accuracy")
-        best = self.meta.get("best")
-        improved = best is None or acc is None or (best.get("accuracy") is not None and acc > best["accuracy"])
-        if improved:
-            self.meta["best"] = {"epoch": epoch, "accuracy": acc, "valid_loss": row.get("valid_loss"),
-                                 "train_loss": row.get("train_loss")}
-            torch_save(self.path / MODEL_FILE, cpu_state(self.learn.model))
-        self.meta["epochs_done"] = epoch + 1
-        self.meta["wall_time_s"] = round(self.wall0 + time.time() - self.t0, 2)
-        write_history(self.path, history)
-        sl = self.recorder.smooth_loss
-        torch_save(self.path / CKPT_FILE, {
-            "model": cpu_state(self.learn.model), "opt": opt_state(self.learn.opt), "epoch": epoch,
-            "rng": rng_state(self.dls.train), "smooth_loss": [sl.count, float(sl.val)]})
-        write_run(self.path, self.meta)
-
-    def before_epoch(self):
-        self._epoch_t0 = time.time()
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    if history:
-        write_csv(Path(path) / HISTORY_FILE, history)
-
-
-def plot_curves(path: Path, history: list[dict]) -> Path | None:
-    """Loss and accuracy per epoch, the picture people look at first."""
-    if not history:
-        return None
-    from .plots import plt, save_fig
-
-    ep = [h["epoch"] + 1 for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), dpi=100)
-    a.plot(ep, [h["train_loss"] for h in history], label="train")
-    if any(h.get("valid_loss") is not None for h in history):
-        a.plot(ep, [h.get("valid_loss") for h in history], label="valid")
-    a.set(xlabel="epoch", ylabel="loss", title="loss")
-    a.legend()
-    if any(h.get("accuracy") is not None for h in history):
-        b.plot(ep, [h.get("accuracy") for h in history], color="C2")
-    b.set(xlabel="epoch", ylabel="accuracy", title="valid accuracy")
-    fig.tight_layout()
-    return save_fig(fig, Path(path) / CURVES_FILE)
-
-
-def list_runs(root: str | Path | None = None) -> list[dict]:
-    """run.json of every run under the models dir (unreadable ones marked, not fatal)."""
-    base = models_dir(root)
-    out = []
-    for p in sorted(base.glob(f"**/{RUN_FILE}")):
-        try:
-            meta = read_run(p.parent)
-        except RunError as e:
-            meta = {"name": str(p.parent.relative_to(base)), "error": str(e)}
-        meta["_path"] = str(p.parent)
-        out.append(meta)
-    return out
 
 
 def reference_dir() -> Path:

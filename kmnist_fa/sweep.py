@@ -11,50 +11,30 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import statistics
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import runs
 from .atomic import write_csv, write_json, write_text
-from .errors import OptionError
-from .learner import TrainConfig
+from .config import OPTIONS, SWEEPABLE, TrainConfig, recipe_values
+from .errors import KmnistError, OptionError
 
 MODES = ("line", "grid")
-_TYPES = {f.name: f.type for f in fields(TrainConfig)}
-SWEEPABLE = ("lr", "mom", "wd", "epochs", "bs", "dropout", "label_smoothing", "opt", "schedule", "aug", "bn",
-             "mixup", "cutmix", "freeze_epochs", "seed")
 
 
 def parse_param(spec: str) -> tuple[str, list]:
-    """'lr=1e-3,3e-3' -> ('lr', [0.001, 0.003]), typed like the TrainConfig field."""
+    """'lr=1e-3,3e-3' -> ('lr', [0.001, 0.003]), typed and checked like the option itself."""
     if "=" not in spec:
         raise OptionError(f"--param {spec!r}: expected NAME=V1,V2,... (e.g. lr=1e-3,3e-3)")
     name, vals = spec.split("=", 1)
     name = name.strip().replace("-", "_")
     if name not in SWEEPABLE:
-        raise OptionError(f"--param {name}: not sweepable (choose from {', '.join(SWEEPABLE)})")
-    typ = str(_TYPES[name])
-    out = []
-    for v in vals.split(","):
-        v = v.strip()
-        try:
-            if "bool" in typ:
-                if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                out.append(v.lower() in ("true", "1", "yes"))
-            elif "int" in typ:
-                out.append(int(v))
-            elif "float" in typ:
-                out.append(float(v))
-            else:
-                out.append(v)
-        except ValueError:
-            raise OptionError(f"--param {name}: {v!r} is not a valid value") from None
-    if not out or any(v == "" for v in out):
+        raise OptionError(f"--param {name[:40]}: not sweepable (choose from {', '.join(SWEEPABLE)})")
+    texts = [v.strip() for v in vals.split(",")]
+    if not texts or any(v == "" for v in texts):
         raise OptionError(f"--param {name}: no values")
-    return name, out
+    return name, [OPTIONS[name].parse(v) for v in texts]
 
 
 def expand(base: TrainConfig, params: list[tuple[str, list]], mode: str = "line") -> list[dict]:
@@ -64,7 +44,7 @@ def expand(base: TrainConfig, params: list[tuple[str, list]], mode: str = "line"
     names = [n for n, _ in params]
     if len(set(names)) != len(names):
         raise OptionError("--param: each parameter may be given once")
-    base_vals = {n: getattr(base, n) for n in names}
+    base_vals = {n: base.get(n) for n in names}
     if mode == "grid":
         combos = [dict(zip(names, vs)) for vs in itertools.product(*(v for _, v in params))]
     else:  # one parameter at a time, the others at the base value
@@ -74,7 +54,7 @@ def expand(base: TrainConfig, params: list[tuple[str, list]], mode: str = "line"
         key = tuple(sorted(c.items()))
         if key not in seen:
             seen.add(key)
-            TrainConfig(**{**base.to_dict(), **c})
+            base.replace(**c)
             out.append(c)
     return out
 
@@ -110,21 +90,24 @@ def plan(base: TrainConfig, params, mode: str, n_folds: int | None, folds: str |
 
 
 def _status(path: Path) -> str:
-    if (path / runs.RUN_FILE).exists():
-        try:
-            meta = runs.read_run(path)
-        except Exception:
-            return "broken"
-        if meta.get("status") == "complete":
-            return "complete"
-        if (path / runs.CKPT_FILE).exists():
-            return "resumable"
-    return "new" if not path.exists() else "broken"
+    """complete, resumable, new, or 'unreadable: why' for a member folder."""
+    if not (path / runs.RUN_FILE).exists():
+        leftovers = path.exists() and any(not p.name.endswith(".tmp") for p in path.iterdir())
+        return "unreadable: a folder without run.json is in the way" if leftovers else "new"
+    try:
+        rec = runs.RunRecord.read(path)
+    except KmnistError as e:
+        return f"unreadable: {e}"
+    return "complete" if rec.complete else "resumable"
 
 
 def run_job(base: dict, job_config: dict, fold, n_folds, name: str, root: str, threads: int | None,
             gpu: int | None) -> str:
-    """Train or resume one sweep member (in this process or a worker)."""
+    """Train or resume one sweep member (in this process or a worker).
+
+    A member whose folder cannot be read is reported and left as it is: it may hold
+    hours of training that a fix to its run.json would recover.
+    """
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     import torch
@@ -137,20 +120,21 @@ def run_job(base: dict, job_config: dict, fold, n_folds, name: str, root: str, t
     status = _status(path)
     if status == "complete":
         return "skipped"
+    if status.startswith("unreadable"):
+        return status
     if status == "resumable":
         resume(path, quiet=True)
         return "resumed"
-    if path.exists():  # died before its first epoch: nothing worth keeping
-        shutil.rmtree(path)
-    cfg = TrainConfig(**{**base, **job_config, "n_folds": n_folds, "fold": fold, "full": False,
-                         "extra": {**base.get("extra", {}), "sweep": Path(root).name}})
+    base_cfg = TrainConfig.from_dict(base)
+    cfg = base_cfg.replace(**job_config, n_folds=n_folds, fold=fold, full=False)
+    cfg.extra["sweep"] = Path(root).name
     train(cfg, name=name, root=root, quiet=True)
     return "trained"
 
 
 def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1,
               threads: int | None = None) -> dict[str, str]:
-    """Run every job (skipping finished ones); returns name -> trained/resumed/skipped/failed: ..."""
+    """Run every job (skipping finished ones); returns name -> trained/resumed/skipped/unreadable: .../failed: ..."""
     root.mkdir(parents=True, exist_ok=True)
     base_d = base.to_dict()
     write_json(root / "sweep.json", {"base": base_d, "jobs": [j.__dict__ for j in jobs_list]})
@@ -160,13 +144,13 @@ def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1
     n_gpu = torch.cuda.device_count() if not base.cpu else 0
     if jobs <= 1:
         for j in jobs_list:
-            outcome[j.name] = run_job(base_d, j.config, j.fold, base.n_folds, j.name, str(root), threads, None)
+            outcome[j.name] = run_job(base_d, j.config, j.fold, base.split.n_folds, j.name, str(root), threads, None)
         return outcome
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futs = {pool.submit(run_job, base_d, j.config, j.fold, base.n_folds, j.name, str(root),
+        futs = {pool.submit(run_job, base_d, j.config, j.fold, base.split.n_folds, j.name, str(root),
                             threads or max(1, (os.cpu_count() or 1) // jobs),
                             (i % n_gpu) if n_gpu > 1 else None): j.name for i, j in enumerate(jobs_list)}
         for f in as_completed(futs):
@@ -181,11 +165,10 @@ def progress_of(root: Path, jobs_list: list[Job]) -> dict[str, tuple[int, int]]:
     """(epochs done, total) per member, read from the members' run.json (works across processes)."""
     out = {}
     for j in jobs_list:
-        f = root / j.name / runs.RUN_FILE
         try:
-            meta = json.loads(f.read_text())
-            out[j.name] = (meta.get("epochs_done", 0), meta.get("total_epochs") or meta["config"]["epochs"])
-        except (OSError, ValueError, KeyError):
+            rec = runs.RunRecord.read(root / j.name)
+            out[j.name] = (rec.epochs_done, rec.total_epochs)
+        except KmnistError:
             out[j.name] = (0, 0)
     return out
 
@@ -200,12 +183,11 @@ def results(root: Path, jobs_list: list[Job]) -> list[dict]:
             p = root / j.name
             if _status(p) != "complete":
                 continue
-            meta = runs.read_run(p)
-            best = meta.get("best") or {}
-            if best.get("accuracy") is not None:
-                accs.append(best["accuracy"])
-                losses.append(best["valid_loss"])
-            times.append(meta["wall_time_s"])
+            rec = runs.RunRecord.read(p)
+            if rec.best and rec.best.accuracy is not None:
+                accs.append(rec.best.accuracy)
+                losses.append(rec.best.valid_loss)
+            times.append(rec.wall_time_s)
         rows.append({"config": cid, **group[0].config, "folds_done": len(accs), "folds": len(group),
                      "acc_mean": statistics.mean(accs) if accs else None,
                      "acc_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0 if accs else None,
@@ -230,7 +212,7 @@ def plot(path: Path, rows: list[dict], params, base: TrainConfig) -> Path:
         xs, ys, es = [], [], []
         for v in values:
             match = [r for r in rows if r[name] == v and r["acc_mean"] is not None
-                     and all(r[o] == getattr(base, o) for o, _ in params if o != name)]
+                     and all(r[o] == base.get(o) for o, _ in params if o != name)]
             pool = [a for r in match for a in r["fold_accs"]] or \
                    [a for r in rows if r[name] == v for a in r["fold_accs"]]  # grid: marginal over the others
             if pool:
@@ -254,14 +236,11 @@ def best_recipe(rows: list[dict], base: TrainConfig, path: Path) -> Path | None:
     if not rows or rows[0]["acc_mean"] is None:
         return None
     best = rows[0]
-    cfg = {**base.to_dict(), **{k: best[k] for k in best if k in _TYPES}}
-    keep = [k for k in ("arch", "epochs", "bs", "lr", "opt", "mom", "wd", "schedule", "aug", "mixup", "cutmix",
-                        "label_smoothing", "bn", "dropout", "seed") if cfg.get(k) is not None]
-    lines = [f'description = "best of sweep {path.parent.name}: {best["config"]} '
-             f'({best["acc_mean"]:.4f} over {best["folds_done"]} folds)"']
-    for k in keep:
-        v = cfg[k]
-        lines.append(f"{k} = " + (f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else repr(v)))
+    cfg = base.replace(**{k: best[k] for k in best if k in SWEEPABLE})
+    about = f"best of sweep {path.parent.name}: {best['config']} ({best['acc_mean']:.4f} over {best['folds_done']} folds)"
+    lines = [f"description = {json.dumps(about)}"]
+    for k, v in recipe_values(cfg).items():
+        lines.append(f"{k} = " + (json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else repr(v)))
     return write_text(path, "\n".join(lines) + "\n")
 
 

@@ -17,40 +17,41 @@ from . import runs
 from .datasets import md5sum
 from .errors import OptionError, RunError
 from .models import create_model
+from .runs import Parent
 
 
-def _source(src: str, root) -> tuple[dict, dict]:
+def _source(src: str, root) -> tuple[dict, Parent]:
     """(state_dict, parent description) for --from RUN or --from file.pth."""
     p = Path(src)
     if p.is_file():
         state = runs.load_state(p)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise RunError(f"--from {p}: not a plain state_dict (a dict of tensors)")
-        return state, {"kind": "state_dict", "path": str(p.resolve()), "weights_md5": md5sum(p)}
+        return state, Parent("state_dict", str(p.resolve()), md5sum(p))
     path = runs.run_path(src, root)
-    meta = runs.read_run(path)
+    rec = runs.RunRecord.read(path)
     weights = path / runs.MODEL_FILE
     state = runs.load_state(weights)
-    return state, {"kind": "run", "name": meta["name"], "path": str(path.resolve()), "arch": meta["arch"],
-                   "dataset": meta["data"]["name"], "data_fingerprint": meta["data"]["fingerprint"],
-                   "classes": meta["classes"], "weights_md5": md5sum(weights), "parent": meta.get("parent")}
+    return state, Parent("run", str(path.resolve()), md5sum(weights), name=rec.name, arch=rec.arch,
+                         dataset=rec.data.name, data_fingerprint=rec.data.fingerprint, classes=rec.classes,
+                         parent=rec.parent)
 
 
 def init_from(src: str, arch: str, n_classes: int, bn, dropout, partial: bool = False,
-              root=None) -> tuple[nn.Module, dict]:
+              root=None) -> tuple[nn.Module, Parent]:
     """A fresh model for `arch` with the parent's weights loaded where they fit."""
     state, parent = _source(src, root)
-    if parent["kind"] == "run" and parent["arch"] != arch:
-        raise OptionError(f"--from {src}: that run is a {parent['arch']}, not a {arch}; transfer needs the same "
+    if parent.kind == "run" and parent.arch != arch:
+        raise OptionError(f"--from {src}: that run is a {parent.arch}, not a {arch}; transfer needs the same "
                           "architecture (use --from FILE.pth --partial to load what fits)")
     model = create_model(arch, n_classes, bn, dropout)
     own = model.state_dict()
     head_keys = {f"1.{k}" for k in model[1].state_dict()}
-    same_classes = parent.get("classes") is None or len(parent["classes"]) == n_classes
-    if parent["kind"] == "run" and not same_classes:
+    same_classes = parent.classes is None or len(parent.classes) == n_classes
+    if parent.kind == "run" and not same_classes:
         state = {k: v for k, v in state.items() if k not in head_keys}
     bad = sorted(k for k, v in state.items() if k not in own or own[k].shape != v.shape)
-    missing = sorted(k for k in own if k not in state and not (parent["kind"] == "run" and k in head_keys))
+    missing = sorted(k for k in own if k not in state and not (parent.kind == "run" and k in head_keys))
     if (bad or missing) and not partial:
         detail = "; ".join([f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" if k in own else f"{k}: unexpected"
                             for k in bad[:4]] + [f"{k}: missing" for k in missing[:4]])
@@ -58,21 +59,20 @@ def init_from(src: str, arch: str, n_classes: int, bn, dropout, partial: bool = 
                        "--partial loads the rest and skips these")
     load = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(load, strict=False)
-    parent["loaded"] = len(load)
-    parent["skipped"] = bad + missing
-    parent["head"] = "kept" if all(k in load for k in head_keys) else "re-created"
+    parent.loaded = len(load)
+    parent.skipped = bad + missing
+    parent.head = "kept" if all(k in load for k in head_keys) else "re-created"
     return model, parent
 
 
-def lineage(meta: dict) -> list[str]:
-    """Human-readable ancestry: this run, its parent, the parent's parent ..."""
+def lineage(rec: runs.RunRecord) -> list[str]:
+    """Human-readable ancestry: this run's parent, the parent's parent ..."""
     out = []
-    p = meta.get("parent")
+    p = rec.parent
     while p:
-        if p["kind"] == "run":
-            out.append(f"{p['name']} ({p['arch']}, {p['dataset']}, weights md5 {p['weights_md5'][:8]}, "
-                       f"head {p.get('head', '?')})")
+        if p.kind == "run":
+            out.append(f"{p.name} ({p.arch}, {p.dataset}, weights md5 {p.weights_md5[:8]}, head {p.head or '?'})")
         else:
-            out.append(f"state_dict {p['path']} (md5 {p['weights_md5'][:8]})")
-        p = p.get("parent")
+            out.append(f"state_dict {p.path} (md5 {p.weights_md5[:8]})")
+        p = p.parent
     return out

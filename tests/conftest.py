@@ -73,8 +73,9 @@ def synth(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def lenet_run(kmnist, tmp_path_factory):
     """One LeNet5 run trained on the real sample, shared by the tests that only read it."""
-    from kmnist_fa.learner import TrainConfig, train
+    from kmnist_fa.config import TrainConfig
+    from kmnist_fa.learner import train
 
     root = tmp_path_factory.mktemp("models")
-    cfg = TrainConfig(arch="lenet5", epochs=4, lr=3e-3, data=str(kmnist.root))
+    cfg = TrainConfig.build(arch="lenet5", epochs=4, lr=3e-3, data=str(kmnist.root))
     return train(cfg, name="lenet-fixture", root=root, quiet=True, data=kmnist)

@@ -26,9 +26,9 @@ def interp_out(lenet_run, tmp_path_factory):
 def test_confusion_matrix_consistent(interp_out, lenet_run):
     _, interp, res, _ = interp_out
     cm = interp.confusion_matrix()
-    assert cm.sum() == 600 == lenet_run.meta["split"]["n_valid"]
+    assert cm.sum() == 600 == lenet_run.record.split.n_valid
     assert np.trace(cm) / cm.sum() == pytest.approx(res["accuracy"])
-    assert res["accuracy"] == pytest.approx(lenet_run.meta["best"]["accuracy"], abs=1e-6)
+    assert res["accuracy"] == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
     for r in res["per_class"]:
         i = r["class"]
         assert r["support"] == cm[i].sum()
@@ -96,7 +96,7 @@ def test_evaluate_flags_runs_on_other_data(lenet_run, tmp_path):
 
     run = load_run(lenet_run.path)
     ev = evaluate(run, run_data(run), "valid")
-    assert ev.n == 600 and ev.flags == [] and ev.accuracy == pytest.approx(lenet_run.meta["best"]["accuracy"], abs=1e-6)
+    assert ev.n == 600 and ev.flags == [] and ev.accuracy == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
     assert ev.errors == round((1 - ev.accuracy) * 600)
     from kmnist_fa.datasets import load_dataset
 

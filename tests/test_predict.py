@@ -28,7 +28,7 @@ def valid(loaded):
 def test_loaded_run_reproduces_recorded_validation_accuracy(loaded, valid, lenet_run):
     x, y = valid
     acc = float((predict_probs(loaded, x).argmax(1).numpy() == y).mean())
-    assert acc == pytest.approx(lenet_run.meta["best"]["accuracy"], abs=1e-6)
+    assert acc == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
 
 
 def test_probabilities_sum_to_one_with_and_without_tta(loaded, valid):
@@ -139,7 +139,7 @@ def test_ensemble_cli(lenet_run, tmp_path):
     res = json.loads(r.output[: r.output.rindex("}") + 1])
     assert res["shared_split"] is True
     member, ens = res["rows"][0], res["rows"][-1]
-    assert member["valid_acc"] == pytest.approx(lenet_run.meta["best"]["accuracy"], abs=1e-6)
+    assert member["valid_acc"] == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
     assert ens["valid_acc"] == member["valid_acc"] and member["agreement"] == 1.0
     assert (tmp_path / "e.csv").read_text().count("\n") == 4001
     assert (tmp_path / "e_disagreement.png").exists()
@@ -151,7 +151,7 @@ def test_classes_must_match(loaded):
     from kmnist_fa.ensemble import check_members
 
     other = deepcopy(loaded)
-    other.meta["classes"] = [str(i) for i in range(10)]
+    other.record.classes = [str(i) for i in range(10)]
     with pytest.raises(OptionError, match="differ from"):
         check_members([loaded, other])
 

@@ -23,7 +23,7 @@ def test_every_recipe_builds_a_config():
 
 def test_command_line_overrides_recipe():
     cfg, _ = resolve_config(None, "report-alexnet5-bn", {"epochs": 3, "lr": None, "aug": "heavy"})
-    assert (cfg.epochs, cfg.lr, cfg.aug, cfg.bn) == (3, 1e-4, "heavy", True)
+    assert (cfg.optim.epochs, cfg.optim.lr, cfg.reg.aug, cfg.model.bn) == (3, 1e-4, "heavy", True)
 
 
 def test_recipe_arch_mismatch_and_unknown(tmp_path):
@@ -44,7 +44,13 @@ def test_user_recipe_file(tmp_path):
     f = tmp_path / "mine.toml"
     f.write_text('description = "mine"\narch = "lenet5"\nepochs = 2\nlr = 0.003\n')
     cfg, used = resolve_config(None, str(f), {})
-    assert cfg.epochs == 2 and used == str(f)
+    assert cfg.optim.epochs == 2 and used == str(f)
+    f.write_text('arch = "lenet5"\nlr = "fast"\n')
+    with pytest.raises(OptionError, match="--recipe mine.toml: lr must be a number, got 'fast'"):
+        resolve_config(None, str(f), {})
+    f.write_text('arch = "lenet5"\nlr = inf\n')
+    with pytest.raises(OptionError, match="lr must be a finite number"):
+        resolve_config(None, str(f), {})
 
 
 def test_recipes_cli():

@@ -7,7 +7,7 @@ import torch
 
 from kmnist_fa.inference import load_run, predict_probs
 from kmnist_fa.models import create_model, n_params
-from kmnist_fa.runs import reference_default, reference_dir
+from kmnist_fa.runs import RunRecord, reference_default, reference_dir
 
 SHIPPED = sorted(p for p in reference_dir().iterdir() if (p / "run.json").exists())
 
@@ -22,12 +22,15 @@ def test_reference_runs_are_shipped():
 def test_shipped_run_loads_and_reproduces_its_check_batch(path, kmnist):
     assert (path / "model.pth").stat().st_size <= 10 * 2**20
     sd = torch.load(path / "model.pth", weights_only=True)  # no pickled code
-    meta = json.loads((path / "run.json").read_text())
-    model = create_model(meta["arch"], len(meta["classes"]), meta["config"]["bn"], meta["config"]["dropout"])
-    assert n_params(model) == meta["n_params"] == sum(v.numel() for k, v in sd.items() if "running" not in k
-                                                       and "num_batches" not in k)
+    assert json.loads((path / "run.json").read_text())["format_version"] == 1  # shipped in the first format
+    rec = RunRecord.read(path)  # ... and migrated on reading
+    m = rec.config.model
+    model = create_model(m.arch, len(rec.classes), m.bn, m.dropout)
+    assert n_params(model) == rec.n_params == sum(v.numel() for k, v in sd.items() if "running" not in k
+                                                  and "num_batches" not in k)
     run = load_run(path, cpu=True)
-    n = len(meta["check"]["classes"])
+    check = rec.extra["check"]  # written by benchmarks/export_reference.py, kept through migration
+    n = len(check["classes"])
     probs = predict_probs(run, kmnist.train_x[:n])
-    assert probs.argmax(1).tolist() == meta["check"]["classes"]
-    np.testing.assert_allclose(probs.max(1).values.numpy(), meta["check"]["top_prob"], atol=1e-4)
+    assert probs.argmax(1).tolist() == check["classes"]
+    np.testing.assert_allclose(probs.max(1).values.numpy(), check["top_prob"], atol=1e-4)

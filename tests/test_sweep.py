@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -5,11 +7,11 @@ from typer.testing import CliRunner
 from kmnist_fa import sweep as sw
 from kmnist_fa.cli import app
 from kmnist_fa.errors import OptionError
-from kmnist_fa.learner import TrainConfig
+from kmnist_fa.config import TrainConfig
 
 
 def _base(kmnist, **kw):
-    return TrainConfig(**{**dict(arch="lenet5", epochs=1, lr=3e-3, data=str(kmnist.root)), **kw})
+    return TrainConfig.build(**{**dict(arch="lenet5", epochs=1, lr=3e-3, data=str(kmnist.root)), **kw})
 
 
 def test_line_and_grid_counts(kmnist):
@@ -25,8 +27,12 @@ def test_line_and_grid_counts(kmnist):
         sw.parse_param("arch=lenet5")
     with pytest.raises(OptionError, match="'abc' is not a valid value"):
         sw.parse_param("lr=abc")
-    with pytest.raises(OptionError, match="--opt must be one of"):
-        sw.expand(base, [sw.parse_param("opt=adam,lamb")], "line")
+    with pytest.raises(OptionError, match="--param opt must be one of"):  # checked as it is parsed
+        sw.parse_param("opt=adam,lamb")
+    with pytest.raises(OptionError, match="--param lr must be a finite number"):
+        sw.parse_param("lr=1e-3,nan")
+    with pytest.raises(OptionError, match="--mixup and --cutmix cannot be used together"):  # checked per config
+        sw.expand(base, [sw.parse_param("mixup=true"), sw.parse_param("cutmix=true")], "grid")
 
 
 def test_kfold_coverage_and_names(kmnist):
@@ -66,8 +72,16 @@ def test_sweep_runs_results_plot_and_resume(swept):
     assert load_recipe(recipe)["lr"] == 3e-3
     again = sw.run_sweep(base, plan, root / "s1", jobs=1, threads=1)
     assert set(again.values()) == {"skipped"}
-    (root / "s1" / plan[0].name / "run.json").unlink()  # a member that died before writing anything useful
-    assert sw.run_sweep(base, plan, root / "s1", jobs=1, threads=1)[plan[0].name] == "trained"
+    # a finished member whose run.json is damaged is reported and left alone, never deleted and retrained
+    shutil.copytree(root / "s1", root / "damaged")
+    member = root / "damaged" / plan[0].name
+    (member / "run.json").write_text('{"format_version": 2, "name": 7}')
+    again = sw.run_sweep(base, plan, root / "damaged", jobs=1, threads=1)
+    assert again[plan[0].name].startswith("unreadable: ") and "run.json" in again[plan[0].name]
+    assert (member / "model.pth").exists() and set(list(again.values())[1:]) == {"skipped"}
+    (member / "run.json").unlink()
+    assert sw.run_sweep(base, plan, root / "damaged", jobs=1, threads=1)[plan[0].name].startswith("unreadable: ")
+    assert (member / "model.pth").exists()
 
 
 def test_jobs_2_gives_the_same_results(swept):

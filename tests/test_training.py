@@ -5,7 +5,8 @@ import torch
 
 from kmnist_fa import runs
 from kmnist_fa.errors import OptionError, RunError
-from kmnist_fa.learner import TrainConfig, resume, train
+from kmnist_fa.config import TrainConfig
+from kmnist_fa.learner import resume, train
 
 try:
     from fastai.callback.core import Callback
@@ -27,14 +28,14 @@ class Interrupt(Callback):
 
 def _cfg(kmnist, **kw):
     base = dict(arch="lenet5", epochs=3, lr=3e-3, data=str(kmnist.root), aug="light")
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.build(**{**base, **kw})
 
 
 def test_lenet_learns_well_above_chance(lenet_run):
-    meta = lenet_run.meta
-    assert meta["status"] == "complete" and meta["epochs_done"] == 4
-    assert meta["best"]["accuracy"] > 0.75  # chance is 0.10
-    assert meta["split"]["n_train"] == 5400 and meta["split"]["n_valid"] == 600
+    rec = lenet_run.record
+    assert rec.status == "complete" and rec.epochs_done == 4
+    assert rec.best.accuracy > 0.75  # chance is 0.10
+    assert rec.split.n_train == 5400 and rec.split.n_valid == 600
 
 
 def test_run_folder_contents(lenet_run):
@@ -43,9 +44,12 @@ def test_run_folder_contents(lenet_run):
     sd = torch.load(p / "model.pth", weights_only=True)
     assert set(sd) == set(lenet_run.learn.model.state_dict())
     meta = json.loads((p / "run.json").read_text())
+    assert meta["format_version"] == runs.FORMAT_VERSION == 2
     for key in ("config", "norm", "classes", "chars", "data", "split", "history", "best", "wall_time_s", "device",
                 "versions", "n_params", "lr"):
         assert key in meta, key
+    assert set(meta["config"]) == {"model", "optim", "reg", "split", "transfer", "data", "cpu", "extra"}
+    assert runs.RunRecord.from_json(meta) == lenet_run.record
     assert meta["n_params"] == 61_706
     assert meta["data"]["files"]["train_images"]["md5"] == "cc561f1428ce5d999f4935255949a783"
     assert len(meta["history"]) == 4
@@ -73,37 +77,37 @@ def test_resume_equals_uninterrupted(kmnist, tmp_path):
     full = train(_cfg(kmnist), name="full", root=tmp_path, quiet=True, data=kmnist)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(kmnist), name="cut", root=tmp_path, quiet=True, data=kmnist, cbs=[Interrupt(1)])
-    meta = runs.read_run(tmp_path / "cut")
-    assert meta["status"] == "running" and meta["epochs_done"] == 2
+    rec = runs.RunRecord.read(tmp_path / "cut")
+    assert rec.status == "running" and rec.epochs_done == 2
     assert (tmp_path / "cut" / "checkpoint.pth").exists()
     done = resume("cut", root=tmp_path, quiet=True, data=kmnist)
-    assert done.meta["status"] == "complete" and done.meta["epochs_done"] == 3
+    assert done.record.status == "complete" and done.record.epochs_done == 3
     assert not (tmp_path / "cut" / "checkpoint.pth").exists()
     sf = torch.load(full.path / "model.pth", weights_only=True)
     sc = torch.load(done.path / "model.pth", weights_only=True)
     assert all(torch.equal(sf[k], sc[k]) for k in sf)
-    assert [h["accuracy"] for h in full.meta["history"]] == [h["accuracy"] for h in done.meta["history"]]
+    assert [h["accuracy"] for h in full.record.history] == [h["accuracy"] for h in done.record.history]
     with pytest.raises(RunError, match="already complete"):
         resume("cut", root=tmp_path, quiet=True, data=kmnist)
 
 
 def test_full_split_keeps_last_epoch(kmnist, tmp_path):
     r = train(_cfg(kmnist, epochs=2, full=True), name="full", root=tmp_path, quiet=True, data=kmnist)
-    assert r.meta["split"]["n_valid"] == 0 and r.meta["best"]["epoch"] == 1
-    assert r.meta["best"]["accuracy"] is None
+    assert r.record.split.n_valid == 0 and r.record.best.epoch == 1
+    assert r.record.best.accuracy is None
 
 
 def test_kfold_runs_use_different_validation(kmnist, tmp_path):
-    metas = [train(_cfg(kmnist, epochs=1, n_folds=5, fold=k), name=f"f{k}", root=tmp_path, quiet=True,
-                   data=kmnist).meta for k in (0, 1)]
-    assert metas[0]["split"]["fold"] == 0 and metas[1]["split"]["fold"] == 1
-    assert metas[0]["split"]["n_valid"] == metas[1]["split"]["n_valid"] == 1200
+    recs = [train(_cfg(kmnist, epochs=1, n_folds=5, fold=k), name=f"f{k}", root=tmp_path, quiet=True,
+                  data=kmnist).record for k in (0, 1)]
+    assert recs[0].config.split.fold == 0 and recs[1].config.split.fold == 1
+    assert recs[0].split.n_valid == recs[1].split.n_valid == 1200
 
 
 def test_lr_find_when_lr_omitted(kmnist, tmp_path):
     msgs = []
     r = train(_cfg(kmnist, epochs=1, lr=None), name="auto", root=tmp_path, quiet=True, data=kmnist, log=msgs.append)
-    assert r.meta["lr_source"] == "lr_find valley" and 1e-6 < r.meta["lr"] < 1
+    assert r.record.lr_source == "lr_find valley" and 1e-6 < r.record.lr < 1
     assert msgs and "valley" in msgs[0]
 
 
@@ -112,7 +116,7 @@ def test_optimisers_and_schedules(kmnist, tmp_path, opt, schedule):
     r = train(_cfg(kmnist, epochs=1, opt=opt, schedule=schedule, lr=1e-2 if opt == "sgd" else 1e-3,
                    mom=0.9 if opt == "sgd" else None),
               name="x", root=tmp_path, quiet=True, data=kmnist)
-    assert r.meta["config"]["opt"] == opt and r.meta["best"]["accuracy"] > 0.2
+    assert r.record.config.optim.opt == opt and r.record.best.accuracy > 0.2
 
 
 @pytest.mark.parametrize("mix", ["mixup", "cutmix"])
@@ -130,14 +134,14 @@ def test_mixup_and_cutmix_train(kmnist, tmp_path, mix):
 
     seen = Seen()
     r = train(_cfg(kmnist, epochs=2, **{mix: True}), name=mix, root=tmp_path, quiet=True, data=kmnist, cbs=[seen])
-    assert r.meta["config"][mix] and r.meta["best"]["accuracy"] > 0.5
-    assert all(h["train_loss"] == h["train_loss"] for h in r.meta["history"])  # finite, not NaN
+    assert r.record.config.get(mix) and r.record.best.accuracy > 0.5
+    assert all(h["train_loss"] is not None for h in r.record.history)  # finite, not NaN (recorded as missing)
     assert "CrossEntropyLoss" not in seen.train_lf and seen.valid_lf == {"CrossEntropyLoss"}
 
 
 def test_existing_name_refused(lenet_run):
     with pytest.raises(OptionError, match="already exists"):
-        train(TrainConfig(), name="lenet-fixture", root=lenet_run.path.parent, quiet=True)
+        train(TrainConfig.build(), name="lenet-fixture", root=lenet_run.path.parent, quiet=True)
 
 
 def test_corrupt_and_missing_files(lenet_run, tmp_path):
@@ -155,10 +159,10 @@ def test_corrupt_and_missing_files(lenet_run, tmp_path):
     meta["format_version"] = 99
     (bad / "run.json").write_text(json.dumps(meta))
     with pytest.raises(RunError, match="newer kmnist-fa"):
-        runs.read_run(bad)
+        runs.RunRecord.read(bad)
     (bad / "run.json").write_text("{not json")
     with pytest.raises(RunError, match="corrupt JSON"):
-        runs.read_run(bad)
+        runs.RunRecord.read(bad)
 
 
 @pytest.mark.parametrize("kw,msg", [
@@ -171,7 +175,7 @@ def test_corrupt_and_missing_files(lenet_run, tmp_path):
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(OptionError, match=msg):
-        TrainConfig(**kw)
+        TrainConfig.build(**kw)
 
 
 def test_event_dispatch_matches_fastai(kmnist):
@@ -199,7 +203,7 @@ def test_event_dispatch_matches_fastai(kmnist):
 
     def events(learn_cls):
         dls = make_dls(kmnist, SplitSpec(valid_pct=0.02, seed=0), aug="none", bs=256, device="cpu")
-        learn = build_learner(dls, TrainConfig(arch="lenet5", epochs=1, lr=1e-3), quiet=True)
+        learn = build_learner(dls, TrainConfig.build(arch="lenet5", epochs=1, lr=1e-3), quiet=True)
         learn.__class__ = learn_cls
         log, skip = [], SkipOnce()
         learn.add_cbs([Log("a", log, order=60), Log("b", log, order=5), skip])

@@ -5,7 +5,9 @@ from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
 from kmnist_fa.errors import OptionError, RunError
-from kmnist_fa.learner import TrainConfig, train
+from kmnist_fa.config import TrainConfig
+from kmnist_fa.learner import train
+from kmnist_fa import runs
 from kmnist_fa.transfer import init_from, lineage
 
 from .conftest import write_synthetic
@@ -16,7 +18,7 @@ def parent12(tmp_path_factory):
     """A LeNet5 trained on a 12-class toy dataset: the 'other dataset' to transfer from."""
     root = tmp_path_factory.mktemp("xfer")
     data = write_synthetic(root / "toy12", n_train=600, n_classes=12)
-    cfg = TrainConfig(arch="lenet5", epochs=1, lr=3e-3, data=str(data))
+    cfg = TrainConfig.build(arch="lenet5", epochs=1, lr=3e-3, data=str(data))
     return train(cfg, name="toy12", root=root / "models", quiet=True)
 
 
@@ -40,16 +42,16 @@ class Spy(Callback):
 def test_head_recreated_when_classes_differ_kept_when_they_match(parent12, kmnist):
     sd = torch.load(parent12.path / "model.pth", weights_only=True)
     m, info = init_from(str(parent12.path), "lenet5", 10, None, None)
-    assert info["head"] == "re-created" and m[1][-1].out_features == 10
+    assert info.head == "re-created" and m[1][-1].out_features == 10
     assert torch.equal(m.state_dict()["0.0.weight"], sd["0.0.weight"])  # body kept
     assert not torch.equal(m.state_dict()["1.1.weight"], sd["1.1.weight"])  # whole head fresh
     m2, info2 = init_from(str(parent12.path), "lenet5", 12, None, None)
-    assert info2["head"] == "kept" and all(torch.equal(v, sd[k]) for k, v in m2.state_dict().items())
+    assert info2.head == "kept" and all(torch.equal(v, sd[k]) for k, v in m2.state_dict().items())
 
 
 def test_fine_tune_frozen_body_then_discriminative_lrs_and_lineage(parent12, kmnist, tmp_path):
     spy = Spy()
-    cfg = TrainConfig(arch="lenet5", epochs=1, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path),
+    cfg = TrainConfig.build(arch="lenet5", epochs=1, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path),
                       data=str(kmnist.root))
     r = train(cfg, name="child", root=tmp_path, quiet=True, data=kmnist, cbs=[spy])
     parent_sd = torch.load(parent12.path / "model.pth", weights_only=True)
@@ -57,11 +59,12 @@ def test_fine_tune_frozen_body_then_discriminative_lrs_and_lineage(parent12, kmn
         assert torch.equal(v.cpu(), parent_sd[f"0.{k}"]), k
     assert spy.lrs and all(lr[0] < lr[-1] for lr in spy.lrs)  # body LR below head LR
     assert spy.lrs[len(spy.lrs) // 2][-1] / spy.lrs[len(spy.lrs) // 2][0] == pytest.approx(100)
-    meta = r.meta
-    assert meta["epochs_done"] == meta["total_epochs"] == 2 and [h["epoch"] for h in meta["history"]] == [0, 1]
-    p = meta["parent"]
-    assert p["name"] == "toy12" and p["head"] == "re-created" and len(p["weights_md5"]) == 32
-    assert p["dataset"] == "toy12" and "toy12" in lineage(meta)[0]
+    rec = r.record
+    assert rec.epochs_done == rec.total_epochs == 2 and [h["epoch"] for h in rec.history] == [0, 1]
+    p = rec.parent
+    assert p.name == "toy12" and p.head == "re-created" and len(p.weights_md5) == 32
+    assert p.dataset == "toy12" and "toy12" in lineage(rec)[0]
+    assert runs.RunRecord.read(r.path).parent == p  # the lineage survives run.json
     out = CliRunner().invoke(app, ["models", "--models-dir", str(tmp_path), "show", "child"])
     assert "child <- toy12 (lenet5" in out.output.replace("\n", "")
 
@@ -73,7 +76,7 @@ def test_state_dict_file_and_mismatch(parent12, kmnist, tmp_path):
                                        r"1\.5\.weight: \(12, 84\) vs \(10, 84\)\); --partial"):
         init_from(str(tmp_path / "w.pth"), "lenet5", 10, None, None)
     m, info = init_from(str(tmp_path / "w.pth"), "lenet5", 10, None, None, partial=True)
-    assert info["skipped"] == ["1.5.bias", "1.5.weight"] and info["kind"] == "state_dict"
+    assert info.skipped == ["1.5.bias", "1.5.weight"] and info.kind == "state_dict"
     assert torch.equal(m.state_dict()["1.1.weight"], sd["1.1.weight"])
     r = CliRunner().invoke(app, ["train", "lenet5", "--from", str(tmp_path / "w.pth"), "--data", str(kmnist.root),
                                  "--models-dir", str(tmp_path / "m"), "-q", "--lr", "1e-3"])
@@ -91,14 +94,14 @@ def test_fine_tune_resume_across_phases_equals_uninterrupted(parent12, kmnist, t
     from .test_training import Interrupt
 
     cfg = dict(arch="lenet5", epochs=2, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path), data=str(kmnist.root))
-    full = train(TrainConfig(**cfg), name="full", root=tmp_path, quiet=True, data=kmnist)
+    full = train(TrainConfig.build(**cfg), name="full", root=tmp_path, quiet=True, data=kmnist)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**cfg), name="cut", root=tmp_path, quiet=True, data=kmnist, cbs=[Interrupt(0)])
+        train(TrainConfig.build(**cfg), name="cut", root=tmp_path, quiet=True, data=kmnist, cbs=[Interrupt(0)])
     done = resume("cut", root=tmp_path, quiet=True, data=kmnist)
     a = torch.load(full.path / "model.pth", weights_only=True)
     b = torch.load(done.path / "model.pth", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["epoch"] for h in done.meta["history"]] == [0, 1, 2]
+    assert [h["epoch"] for h in done.record.history] == [0, 1, 2]
 
 
 def test_progress_rows_count_epochs_across_phases(parent12, kmnist, tmp_path):
@@ -110,8 +113,8 @@ def test_progress_rows_count_epochs_across_phases(parent12, kmnist, tmp_path):
     from kmnist_fa.progress import RichProgress
 
     buf = io.StringIO()
-    cfg = TrainConfig(arch="lenet5", epochs=2, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path),
+    cfg = TrainConfig.build(arch="lenet5", epochs=2, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path),
                       data=str(kmnist.root))
     res = train(cfg, root=tmp_path, progress=RichProgress(Console(file=buf, width=200)))
     rows = [line.split() for line in buf.getvalue().splitlines() if line.strip()[:1].isdigit()]
-    assert [int(r[0]) for r in rows] == [h["epoch"] for h in res.meta["history"]] == [0, 1, 2]
+    assert [int(r[0]) for r in rows] == [h["epoch"] for h in res.record.history] == [0, 1, 2]

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from .. import __version__
+from ..config import OPTIONS
 from ..errors import KmnistError
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
@@ -53,8 +54,8 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 # ---------------------------------------------------------------- shared options
 
-DatasetOpt = typer.Option(None, "--dataset", help="Named dataset: kmnist, fashion, mnist, k49 (MD5s enforced).")
-DataOpt = typer.Option(None, "--data", help="Folder of MNIST-format files (idx or npz); overrides env KMNIST_FA_DATA.")
+DatasetOpt = typer.Option(None, "--dataset", help=OPTIONS["dataset"].help)
+DataOpt = typer.Option(None, "--data", help=OPTIONS["data"].help)
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Where runs live (default: env KMNIST_FA_MODELS or ./models).")
 TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fastai tta) per model "
                       "(default: on for the shipped reference ensemble, off for --model runs).")

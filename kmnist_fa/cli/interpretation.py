@@ -68,7 +68,7 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     for name in run_names:
         run = load_run(name, models_dir, cpu=cpu)
         results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n or 4))
-        splits.add((run.meta["data"]["fingerprint"], run.split()))
+        splits.add((run.record.data.fingerprint, run.split()))
     if split == "valid" and len(splits) > 1:
         for r in results:
             r.flags.append("runs were validated on different splits: accuracies are not comparable")

@@ -6,77 +6,74 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import ModelsDirOpt, friendly, models_app, out
-
-
-def _total(meta: dict) -> int:
-    return meta.get("total_epochs") or meta["config"]["epochs"]
 
 
 @models_app.callback()
 @friendly
 def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """List saved runs: name, arch, epochs, valid accuracy, status, date."""
+    """List saved runs: name, arch, epochs, valid accuracy, status, date. A run whose run.json does not
+    load is listed as unreadable, with the reason."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = models_dir
         return
-    from ..runs import list_runs, models_dir as mdir
+    from ..runs import Unreadable, list_runs, models_dir as mdir
 
     rows = list_runs(models_dir)
     if as_json:
-        out.print_json(json.dumps([{k: r.get(k) for k in ("name", "arch", "status", "epochs_done", "best", "created",
-                                                          "_path", "error")} for r in rows]))
+        out.print_json(json.dumps([
+            {"name": r.name, "path": str(r.path), "status": "unreadable", "error": r.reason}
+            if isinstance(r, Unreadable) else
+            {"name": r.name, "path": str(r.path), "arch": r.arch, "status": r.status, "epochs_done": r.epochs_done,
+             "total_epochs": r.total_epochs, "best": vars(r.best) if r.best else None, "created": r.created}
+            for r in rows]))
         return
-    t = Table(title=f"runs in {mdir(models_dir)}")
+    t = Table(title=escape(f"runs in {mdir(models_dir)}"))
     for c in ("name", "arch", "epochs", "valid acc", "split", "status", "created"):
         t.add_column(c, justify="right" if c in ("epochs", "valid acc") else "left")
     for r in rows:
-        if "error" in r:
-            t.add_row(r["name"], "", "", "", "", f"[red]{r['error']}[/]", "")
+        if isinstance(r, Unreadable):
+            t.add_row(escape(r.name), "", "", "", "", f"[red]unreadable: {escape(r.reason)}[/]", "")
             continue
-        acc = (r.get("best") or {}).get("accuracy")
-        t.add_row(r["name"], r.get("arch", "?"), f"{r.get('epochs_done', 0)}/{_total(r)}",
-                  "-" if acc is None else f"{acc:.4f}", r.get("split", {}).get("kind", "?"), r.get("status", "?"),
-                  r.get("created", ""))
+        acc = r.best.accuracy if r.best else None
+        t.add_row(r.name, r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
+                  r.split_kind, r.status, r.created)
     out.print(t)
 
 
 @models_app.command("show")
 @friendly
 def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run name or folder."),
-                as_json: bool = typer.Option(False, "--json", help="Print run.json as is.")):
+                as_json: bool = typer.Option(False, "--json", help="Print run.json (in the current format).")):
     """One run's options, data, split and metrics."""
-    from ..runs import read_run, run_path
-
-    meta = read_run(run_path(name, ctx.obj))
-    if as_json:
-        out.print_json(json.dumps(meta))
-        return
-    t = Table(title=f"run {meta['name']}", show_header=False)
-    t.add_column("key", style="bold")
-    t.add_column("value")
-    best = meta.get("best") or {}
-    rows = [
-        ("arch", f"{meta['arch']} ({meta['n_params']:,} parameters)"),
-        ("status", f"{meta['status']}, {meta.get('epochs_done', 0)}/{_total(meta)} epochs, "
-                   f"{meta.get('wall_time_s', 0):.0f}s on {meta.get('device')}"),
-        ("data", f"{meta['data']['name']} ({meta['data']['root']})"),
-        ("split", f"{meta['split']['kind']}: {meta['split']['n_train']:,} train / {meta['split']['n_valid']:,} valid, "
-                  f"seed {meta['split']['seed']}"),
-        ("lr", f"{meta['lr']:.3g} ({meta['lr_source']})"),
-        ("best", "-" if not best else f"epoch {best['epoch'] + 1}: accuracy "
-                 f"{best['accuracy'] if best.get('accuracy') is None else round(best['accuracy'], 4)}, "
-                 f"valid loss {best.get('valid_loss')}"),
-        ("normalisation", f"mean {meta['norm']['mean']:.4f}, std {meta['norm']['std']:.4f}"),
-        ("versions", ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())),
-    ]
+    from ..runs import RunRecord, run_path
     from ..transfer import lineage
 
-    rows += [("lineage", " <- ".join([meta["name"], *lineage(meta)]))] if meta.get("parent") else []
-    rows += [(f"option {k}", str(v)) for k, v in meta["config"].items() if k != "extra"]
+    rec = RunRecord.read(run_path(name, ctx.obj))
+    if as_json:
+        out.print_json(json.dumps(rec.to_json()))
+        return
+    t = Table(title=f"run {rec.name}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    b, s = rec.best, rec.config.split
+    rows = [
+        ("arch", f"{rec.arch} ({rec.n_params:,} parameters)"),
+        ("status", f"{rec.status}, {rec.epochs_done}/{rec.total_epochs} epochs, {rec.wall_time_s:.0f}s on {rec.device}"),
+        ("data", f"{rec.data.name} ({rec.data.root})"),
+        ("split", f"{s.kind}: {rec.split.n_train:,} train / {rec.split.n_valid:,} valid, seed {s.seed}"),
+        ("lr", f"{rec.lr:.3g} ({rec.lr_source})"),
+        ("best", "-" if b is None else f"epoch {b.epoch + 1}: accuracy "
+                 f"{'-' if b.accuracy is None else round(b.accuracy, 4)}, valid loss {b.valid_loss}"),
+        ("normalisation", f"mean {rec.norm.mean:.4f}, std {rec.norm.std:.4f}"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in rec.versions.items())),
+    ]
+    rows += [("lineage", " <- ".join([rec.name, *lineage(rec)]))] if rec.parent else []
+    rows += [(f"option {k}", str(v)) for k, v in rec.config.flat().items()]
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(escape(k), escape(v))
     out.print(t)

@@ -1,14 +1,16 @@
 """`kmnist-fa archs|train|recipes|lr-find|sweep`."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import OptionError
-from .common import DataOpt, DatasetOpt, ModelsDirOpt, app, err, friendly, out
+from .common import ModelsDirOpt, app, err, friendly, out
 
 
 @app.command("archs")
@@ -29,59 +31,35 @@ def archs():
 def _config(arch: str | None, recipe: str | None, opts: dict):
     from ..recipes import resolve_config
 
-    opts = {**opts, "data": str(opts["data"]) if opts.get("data") else None}
     return resolve_config(arch, recipe, opts)
 
 
-def _train_options(fn):
-    """Attach the options shared by `train` and `lr-find` (one definition, one --help text).
+def _default_text(o) -> str:
+    d = "unset" if o.default is None else str(o.default).lower() if isinstance(o.default, bool) else str(o.default)
+    if o.meta["recipe"]:
+        return f" (default: the recipe's, else {d})"
+    return "" if o.default in (None, False) else f" (default: {d})"
 
-    Every default is None, meaning "from the recipe" (the architecture's default
-    recipe unless --recipe names another), so only options typed on the command
-    line override it.
+
+def _train_options(fn):
+    """Attach every training option of `config.OPTIONS` (plus --recipe) to a command.
+
+    Generated, so a new option declared in config.py appears in `train`, `lr-find`
+    and `sweep` at once. Every default is None, meaning "from the recipe" (the
+    architecture's default recipe unless --recipe names another), so only options
+    typed on the command line override it.
     """
     import inspect
 
-    rec = " (default: from the recipe)"
-    opts = dict(
-        recipe=(Optional[str], typer.Option(None, "--recipe", help="Named recipe (`kmnist-fa recipes`) or a .toml "
-                                            "file; default: default-ARCH. Options below override it.")),
-        epochs=(Optional[int], typer.Option(None, "--epochs", help="Epochs to train" + rec)),
-        bs=(Optional[int], typer.Option(None, "--bs", help="Batch size" + rec)),
-        lr=(Optional[float], typer.Option(None, "--lr", help="Learning rate (max LR for one-cycle); when neither "
-                                          "this nor the recipe sets it, lr_find's valley suggestion is used.")),
-        opt=(Optional[str], typer.Option(None, "--opt", help="Optimiser: sgd, adam, rmsprop" + rec)),
-        mom=(Optional[float], typer.Option(None, "--mom", help="Momentum (Adam: beta1); fixes one-cycle's "
-                                           "momentum cycling at this value.")),
-        wd=(Optional[float], typer.Option(None, "--wd", help="Weight decay (default: fastai's for the optimiser).")),
-        schedule=(Optional[str], typer.Option(None, "--schedule", help="LR schedule: one-cycle, flat, cosine" + rec)),
-        aug=(Optional[str], typer.Option(None, "--aug", help="Batch augmentation: none, light (shift ±2px, rotate "
-                                         "±15°), heavy (+ zoom, warp, brightness, contrast)" + rec)),
-        mixup=(Optional[bool], typer.Option(None, "--mixup/--no-mixup", help="fastai MixUp callback.")),
-        cutmix=(Optional[bool], typer.Option(None, "--cutmix/--no-cutmix", help="fastai CutMix callback.")),
-        label_smoothing=(Optional[float], typer.Option(None, "--label-smoothing", help="Label smoothing" + rec)),
-        bn=(Optional[bool], typer.Option(None, "--bn/--no-bn", help="Batch norm after conv activations "
-                                         "(default: the recipe's, else the architecture's).")),
-        dropout=(Optional[float], typer.Option(None, "--dropout", help="Dropout before hidden FC layers; 0 disables "
-                                               "(default: the recipe's, else the architecture's).")),
-        seed=(Optional[int], typer.Option(None, "--seed", help="Random seed: split, init, shuffling, augmentation "
-                                          "(default 42).")),
-        valid_pct=(Optional[float], typer.Option(None, "--valid-pct", help="Stratified holdout fraction (default 0.1).")),
-        n_folds=(Optional[int], typer.Option(None, "--n-folds", help="Stratified k-fold: number of folds.")),
-        fold=(Optional[int], typer.Option(None, "--fold", help="Which fold (0-based) validates, with --n-folds.")),
-        full=(Optional[bool], typer.Option(None, "--full", help="Train on every labelled image (no validation).")),
-        cpu=(Optional[bool], typer.Option(None, "--cpu", help="Use the CPU even when CUDA is available.")),
-        from_run=(Optional[str], typer.Option(None, "--from", help="Transfer: start from this run's weights (same "
-                                              "arch; head re-created if the classes differ) or a state_dict .pth.")),
-        freeze_epochs=(Optional[int], typer.Option(None, "--freeze-epochs", help="Transfer: epochs with the body "
-                                                   "frozen before unfreezing with discriminative LRs (default 1).")),
-        lr_mult=(Optional[float], typer.Option(None, "--lr-mult", help="Transfer: head LR / body LR once "
-                                               "unfrozen (default 100, fastai's).")),
-        partial=(Optional[bool], typer.Option(None, "--partial", help="Transfer: skip layers that do not fit "
-                                              "(listed) instead of failing.")),
-        dataset=(Optional[str], DatasetOpt),
-        data=(Optional[Path], DataOpt),
-    )
+    from ..config import OPTIONS
+
+    opts = {"recipe": (Optional[str], typer.Option(None, "--recipe", help="Named recipe (`kmnist-fa recipes`) or a "
+                                                   ".toml file; default: default-ARCH. Options below override it."))}
+    for name, o in OPTIONS.items():
+        if not o.flag.startswith("--"):  # positional (ARCH): each command declares it
+            continue
+        decl = f"{o.flag}/--no-{o.flag[2:]}" if o.type is bool else o.flag
+        opts[name] = (Optional[o.type], typer.Option(None, decl, help=o.help + _default_text(o)))
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t)
@@ -100,30 +78,51 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
                                                    "its saved options are used."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch table."),
               models_dir: Optional[Path] = ModelsDirOpt, **opts):
-    """Train a model into models/NAME/ (best epoch kept, resumable, atomic writes)."""
-    from ..learner import resume as resume_run
-    from ..learner import train
-    from ..progress import RichProgress
-    from ..runs import check_name
+    """Train a model into models/NAME/ (best epoch kept, resumable, atomic writes).
 
-    progress = None if quiet else RichProgress(err)
+    Ctrl-C stops after saying how to continue; a killed run loses at most the epoch in progress.
+    """
+    from ..runs import check_name, default_name
+
+    log = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False, markup=False))
     if resume:
         if arch is not None:
             raise OptionError("--resume uses the run's saved options: give no ARCH")
-        res = resume_run(resume, models_dir, quiet=quiet, progress=progress)
+        from ..learner import resume as resume_run
+
+        with _interrupt_note(f"kmnist-fa train --resume {resume}"):
+            res = resume_run(resume, models_dir, quiet=quiet, progress=_progress(quiet), log=log)
     else:
         if arch is None and not opts.get("recipe"):
             raise OptionError("ARCH is required (see `kmnist-fa archs`), or --recipe NAME, or --resume NAME")
-        cfg, _ = _config(arch, opts.pop("recipe"), opts)
-        if name:
-            check_name(name)
-        res = train(cfg, name, models_dir, quiet=quiet, progress=progress,
-                    log=(lambda m: None) if quiet else (lambda m: err.print(m, highlight=False)))
-    best = res.meta.get("best") or {}
-    acc = best.get("accuracy")
-    out.print(f"run {res.meta['name']}: {res.meta['epochs_done']} epochs in {res.meta['wall_time_s']:.0f}s; "
-              + (f"best valid accuracy {acc:.4f} at epoch {best['epoch'] + 1}" if acc is not None
-                 else "no validation split (--full)") + f" -> {res.path}")
+        cfg, _ = _config(arch, opts.pop("recipe"), opts)  # every option is checked before torch loads
+        name = check_name(name or default_name(cfg.arch))
+        from ..learner import train
+
+        resume_cmd = f"kmnist-fa train --resume {name}" + (f" --models-dir {models_dir}" if models_dir else "")
+        with _interrupt_note(resume_cmd):
+            res = train(cfg, name, models_dir, quiet=quiet, progress=_progress(quiet), log=log)
+    rec = res.record
+    acc = rec.best.accuracy if rec.best else None
+    out.print(f"run {rec.name}: {rec.epochs_done} epochs in {rec.wall_time_s:.0f}s; "
+              + (f"best valid accuracy {acc:.4f} at epoch {rec.best.epoch + 1}" if acc is not None
+                 else "no validation split (--full)") + f" -> {res.path}", markup=False, highlight=False)
+
+
+def _progress(quiet: bool):
+    from ..progress import RichProgress
+
+    return None if quiet else RichProgress(err)
+
+
+@contextlib.contextmanager
+def _interrupt_note(how: str):
+    """Ctrl-C: one line saying how to continue, exit code 130 (the shell's convention for SIGINT)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(f"interrupted: continue with `{how}`", markup=False, highlight=False)
+        raise typer.Exit(130) from None
 
 
 @app.command("recipes")
@@ -154,7 +153,7 @@ def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (s
     _, dls = prepare(cfg)
     learn = build_learner(dls, cfg, progress=RichProgress(err))
     sugg = suggest_lrs(learn, out_file)
-    t = Table(title=f"lr_find suggestions ({cfg.arch}, {cfg.opt}, bs {cfg.bs})")
+    t = Table(title=f"lr_find suggestions ({cfg.arch}, {cfg.optim.opt}, bs {cfg.optim.bs})")
     t.add_column("method")
     t.add_column("lr", justify="right")
     for k, v in sugg.items():
@@ -200,7 +199,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     cfg, recipe = _config(arch, opts.pop("recipe"), opts)
     sweep_name = check_name(name or f"{cfg.arch}-sweep")
     root = mdir(models_dir) / sweep_name
-    plan = sw.plan(cfg, params, mode, cfg.n_folds, folds)
+    plan = sw.plan(cfg, params, mode, cfg.split.n_folds, folds)
     n_cfg = len({sw.config_id(j.config) for j in plan})
     err.print(f"sweep {sweep_name}: {n_cfg} configs x {len(plan) // n_cfg} folds = {len(plan)} runs "
               f"({mode}, recipe {recipe or 'none'}, {jobs} at once) in {root}", highlight=False)
@@ -217,7 +216,8 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         t = threading.Thread(target=refresh, daemon=True)
         t.start()
         try:
-            outcome = sw.run_sweep(cfg, plan, root, jobs, threads)
+            with _interrupt_note("the same sweep command again (finished runs are kept)"):
+                outcome = sw.run_sweep(cfg, plan, root, jobs, threads)
         finally:
             stop.set()
             t.join()
@@ -237,9 +237,9 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
                     "-" if r["acc_sd"] is None else f"{r['acc_sd']:.4f}",
                     "-" if r["loss_mean"] is None else f"{r['loss_mean']:.4f}", f"{r['time_s']:.0f}")
     out.print(tbl)
-    failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
+    failed = {k: v for k, v in outcome.items() if v.startswith(("failed", "unreadable"))}
     for k, v in failed.items():
-        err.print(f"[red]{k}: {v}[/]", highlight=False, soft_wrap=True)
+        err.print(f"[red]{escape(k)}: {escape(v)}[/]", highlight=False, soft_wrap=True)
     out.print(f"wrote {root / 'results.csv'}, {plot_path}" + (f", {best}" if best else ""))
     if failed:
         raise typer.Exit(1)

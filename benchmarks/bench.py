@@ -231,13 +231,14 @@ def infer_plain(kind: str, folder: str, limit: int | None, device: str) -> dict:
 
     from kmnist_fa.datasets import load_dataset
     from kmnist_fa.models import create_model
+    from kmnist_fa.runs import RunRecord
 
     path = ROOT / "models" / "reference" / INFER_ARCH
-    meta = json.loads((path / "run.json").read_text())
-    model = create_model(meta["arch"], len(meta["classes"])).to(device).eval()
+    rec = RunRecord.read(path)
+    model = create_model(rec.arch, len(rec.classes)).to(device).eval()
     model.load_state_dict(torch.load(path / "model.pth", weights_only=True, map_location=device))
     x = torch.from_numpy(load_dataset(data=folder).test_x[:limit])[:, None]
-    mean, std = meta["norm"]["mean"], meta["norm"]["std"]
+    mean, std = rec.norm.mean, rec.norm.std
 
     def forward(imgs):
         with torch.inference_mode():

@@ -12,7 +12,6 @@ settings.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import warnings
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kmnist_fa.atomic import write_json  # noqa: E402
 from kmnist_fa.datasets import load_dataset  # noqa: E402
 from kmnist_fa.inference import load_run, predict_probs  # noqa: E402
-from kmnist_fa.runs import reference_dir  # noqa: E402
+from kmnist_fa.runs import RunRecord, reference_dir  # noqa: E402
 
 CHECK_N = 64
 
@@ -51,18 +50,18 @@ def main(argv=None):
         out.mkdir()
         for f in ("model.pth", "history.csv", "curves.png"):
             shutil.copy2(src / f, out / f)
-        meta = json.loads((src / "run.json").read_text())
-        meta["reference"] = {"source_run": meta["name"], "trained_on": meta.get("device")}
-        meta["name"] = name
-        meta["data"]["root"] = args.data_label
-        write_json(out / "run.json", meta)
+        rec = RunRecord.read(src)
+        rec.extra["reference"] = {"source_run": rec.name, "trained_on": rec.device}
+        rec.name = name
+        rec.data.root = args.data_label
+        rec.write(out)
         run = load_run(out, cpu=True)
         probs = predict_probs(run, data.train_x[:CHECK_N])
-        meta["check"] = {"images": f"train images 0..{CHECK_N - 1} of {data.name}",
-                         "classes": probs.argmax(1).tolist(),
-                         "top_prob": [round(float(p), 5) for p in probs.max(1).values]}
-        write_json(out / "run.json", meta)
-        print(f"{name}: {meta['n_params']:,} params, {(out / 'model.pth').stat().st_size / 1e6:.1f} MB")
+        rec.extra["check"] = {"images": f"train images 0..{CHECK_N - 1} of {data.name}",
+                              "classes": probs.argmax(1).tolist(),
+                              "top_prob": [round(float(p), 5) for p in probs.max(1).values]}
+        rec.write(out)
+        print(f"{name}: {rec.n_params:,} params, {(out / 'model.pth').stat().st_size / 1e6:.1f} MB")
     write_json(dest / "default.json", {"members": args.default, "tta": not args.no_tta, "tta_n": args.tta_n,
                                        "method": "mean", "chosen_by": args.chosen_by})
 

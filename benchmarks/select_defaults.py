@@ -65,7 +65,7 @@ def job(kind: str, name: str, cfg: dict, data: str, root: str, n_folds: int, fol
 
     if kind == "report":
         tc, _ = resolve_config(None, name, {})
-        values = {**tc.to_dict(), "extra": {"recipe": name}}
+        values = {**tc.flat(), "extra": {"recipe": name}}
     else:
         values = {**COMMON, **cfg, "extra": {"candidate": name}}
     values["data"] = data
@@ -79,8 +79,8 @@ def job(kind: str, name: str, cfg: dict, data: str, root: str, n_folds: int, fol
     t0 = time.time()
     res = train(TrainConfig.build(**values), name=run_name, root=root, quiet=True)
     out = {"kind": kind, "name": name, "fold": fold, "run": run_name, "arch": values["arch"],
-           "epochs": values["epochs"], "wall_s": round(time.time() - t0, 1), "device": res.meta["device"],
-           "config": res.meta["config"]}
+           "epochs": values["epochs"], "wall_s": round(time.time() - t0, 1), "device": res.record.device,
+           "config": res.record.config.flat()}
     if fold is not None:
         run = load_run(res.path)
         x, y, _ = validation_set(run, run_data(run))
@@ -138,17 +138,19 @@ def results_from_runs(root: Path) -> list[dict]:
     whose runs were completed with `kmnist-fa train --resume`)."""
     import numpy as np
 
+    from kmnist_fa.runs import RunRecord
+
     out = []
     for f in sorted(root.glob("*/run.json")):
-        meta = json.loads(f.read_text())
-        if meta.get("status") != "complete":
+        rec = RunRecord.read(f.parent)
+        if not rec.complete:
             continue
-        extra = meta["config"].get("extra", {})
-        fold = None if meta["split"]["full"] else meta["split"]["fold"]
+        extra, split = rec.config.extra, rec.config.split
+        fold = None if split.full else split.fold
         r = {"kind": "report" if "recipe" in extra and "candidate" not in extra else "candidate",
-             "name": extra.get("candidate") or extra.get("recipe"), "fold": fold, "run": meta["name"],
-             "arch": meta["arch"], "epochs": meta["config"]["epochs"], "wall_s": meta["wall_time_s"],
-             "device": meta["device"], "config": meta["config"]}
+             "name": extra.get("candidate") or extra.get("recipe"), "fold": fold, "run": rec.name,
+             "arch": rec.arch, "epochs": rec.config.optim.epochs, "wall_s": rec.wall_time_s,
+             "device": rec.device, "config": rec.config.flat()}
         probs = f.parent / "valid_probs.npz"
         if fold is not None:
             if not probs.exists():

@@ -56,6 +56,28 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
 
 
+def coerce(t: type, value) -> tuple[object, str | None]:
+    """(`value` as type `t`, None), or (value, what is wrong with it) for bool/int/float/str.
+
+    Shared by option checks and run.json validation: ints pass where floats are
+    expected, bools never pass as numbers, floats must be finite, strings are bounded.
+    """
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    if t is bool and not isinstance(value, bool):
+        return value, f"must be true or false, got {shown}"
+    if t is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return value, f"must be a whole number, got {shown}"
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value, f"must be a number, got {shown}"
+        value = float(value)
+        if not math.isfinite(value):
+            return value, f"must be a finite number, got {value}"
+    if t is str and (not isinstance(value, str) or len(value) > 4096):
+        return value, f"must be a string of at most 4096 characters, got {shown}"
+    return value, None
+
+
 @dataclass(frozen=True)
 class Opt:
     """One leaf option as the generated interfaces see it."""
@@ -82,22 +104,9 @@ class Opt:
             if self.optional:
                 return None
             raise OptionError(f"{label} must be set (got nothing)")
-        t = self.type
-        if t is bool:
-            if not isinstance(value, bool):
-                raise OptionError(f"{label} must be true or false, got {value!r:.60}")
-        elif t is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise OptionError(f"{label} must be a whole number, got {value!r:.60}")
-        elif t is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise OptionError(f"{label} must be a number, got {value!r:.60}")
-            value = float(value)
-            if not math.isfinite(value):
-                raise OptionError(f"{label} must be a finite number, got {value}")
-        elif t is str:
-            if not isinstance(value, str) or len(value) > 4096:
-                raise OptionError(f"{label} must be a string (at most 4096 characters), got {value!r:.60}")
+        value, problem = coerce(self.type, value)
+        if problem:
+            raise OptionError(f"{label} {problem}")
         m = self.meta
         if m["choices"] is not None and value not in m["choices"]:
             raise OptionError(f"{label} must be one of {', '.join(m['choices'])}, got {value!r:.60}")
@@ -282,8 +291,6 @@ class TrainConfig:
             if not isinstance(getattr(self, g), cls):
                 raise OptionError(f"config.{g} must be a {cls.__name__}")
         _check_fields(self)
-        if not isinstance(self.extra, dict):
-            raise OptionError("config.extra must be a table")
         from .models import get_arch  # last: it is the only check that needs torch
 
         get_arch(self.model.arch)
@@ -319,6 +326,8 @@ class TrainConfig:
         for name, value in flat.items():
             o = OPTIONS[name]
             (parts[o.group] if o.group else top)[name] = value
+        if extra is not None and not isinstance(extra, dict):
+            raise OptionError("config.extra must be a table")
         return cls(**{g: GROUPS[g](**kw) for g, kw in parts.items()}, **top, extra=dict(extra or {}))
 
     def to_dict(self) -> dict:
@@ -337,7 +346,7 @@ class TrainConfig:
                 raise OptionError(f"config.{g} must be a table")
             flat.update({k: v for k, v in sub.items() if k in OPTIONS and OPTIONS[k].group == g})
         flat.update({k: v for k, v in d.items() if k in OPTIONS and OPTIONS[k].group is None})
-        return cls.build(extra=d.get("extra") or {}, **flat)
+        return cls.build(extra=d.get("extra"), **flat)
 
 
 def _collect() -> dict[str, Opt]:

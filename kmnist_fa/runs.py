@@ -29,7 +29,7 @@ from typing import Iterator
 
 from . import __version__
 from .atomic import write_json
-from .config import OPTIONS, TrainConfig
+from .config import OPTIONS, TrainConfig, coerce
 from .errors import KmnistError, OptionError, RunError
 
 FORMAT_VERSION = 2
@@ -85,8 +85,6 @@ def _decode(tp, value, where: str):
             return None
         inner = [a for a in args if a is not type(None)]
         return _decode(inner[0], value, where)
-    if tp is typing.Any:
-        return value
     if origin is list:
         if not isinstance(value, list):
             raise _Invalid(where, f"expected a list, got {_show(value)}")
@@ -115,23 +113,9 @@ def _decode(tp, value, where: str):
             return tp(**kw)
         except (OptionError, ValueError) as e:
             raise _Invalid(where or tp.__name__, str(e)) from None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _Invalid(where, f"expected true or false, got {_show(value)}")
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(where, f"expected a whole number, got {_show(value)}")
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _Invalid(where, f"expected a number, got {_show(value)}")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise _Invalid(where, f"must be a finite number, got {value}")
-    elif tp is str:
-        if not isinstance(value, str):
-            raise _Invalid(where, f"expected a string, got {_show(value)}")
-        if len(value) > 4096:
-            raise _Invalid(where, f"string of {len(value):,} characters (at most 4096)")
+    value, problem = coerce(tp, value)
+    if problem:
+        raise _Invalid(where, problem)
     return value
 
 
@@ -428,7 +412,7 @@ def list_runs(root: str | Path | None = None) -> list[RunRecord | Unreadable]:
         try:
             out.append(RunRecord.read(p.parent))
         except KmnistError as e:
-            out.append(Unreadable(str(p.parent.relative_to(base)), p.parent, str(e)))
+            out.append(Unreadable(p.parent.name, p.parent, str(e)))
     return out
 
 
@@ -468,8 +452,12 @@ def remove_leftovers(path: Path) -> list[str]:
 # --------------------------------------------------------------------------- weights
 
 def cpu_state(model) -> dict:
-    """state_dict on the CPU, so a run trained on a GPU loads anywhere."""
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """A snapshot of the state_dict on the CPU (a run trained on a GPU loads anywhere).
+
+    Always a copy: on the CPU `.cpu()` would return the live parameters, and a
+    snapshot kept for later (the best epoch's weights) would keep training.
+    """
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def load_state(file: str | Path, device="cpu") -> dict:

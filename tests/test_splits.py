@@ -37,7 +37,7 @@ def test_full_has_no_validation():
     (dict(n_folds=1, fold=0), "--n-folds must be at least 2"),
     (dict(fold=1), "--fold needs --n-folds"),
     (dict(full=True, n_folds=3, fold=0), "cannot be combined"),
-    (dict(valid_pct=1.5), "--valid-pct must be between 0 and 1"),
+    (dict(valid_pct=1.5), r"--valid-pct must be in \(0, 1\), got 1.5"),
 ])
 def test_bad_split_options(kw, msg):
     with pytest.raises(OptionError, match=msg):

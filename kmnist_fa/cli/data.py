@@ -79,7 +79,7 @@ def data_show(name: Optional[str] = typer.Argument(None, help="Named dataset (de
     from ..data import make_dls, sample_batch
     from ..datasets import load_dataset
     from ..plots import class_labels, image_grid, save_fig
-    from ..splits import SplitSpec
+    from ..config import SplitSpec
 
     set_seed(seed)
     d = load_dataset(name, data)

@@ -24,23 +24,28 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
     from ..runs import Unreadable, list_runs, models_dir as mdir
 
     rows = list_runs(models_dir)
+    base = mdir(models_dir)
+
+    def address(r) -> str:  # what `models show`, `predict -m` ... accept: the folder under the models dir
+        return str(r.path.relative_to(base))
+
     if as_json:
         out.print_json(json.dumps([
-            {"name": r.name, "path": str(r.path), "status": "unreadable", "error": r.reason}
+            {"name": address(r), "path": str(r.path), "status": "unreadable", "error": r.reason}
             if isinstance(r, Unreadable) else
-            {"name": r.name, "path": str(r.path), "arch": r.arch, "status": r.status, "epochs_done": r.epochs_done,
+            {"name": address(r), "path": str(r.path), "arch": r.arch, "status": r.status, "epochs_done": r.epochs_done,
              "total_epochs": r.total_epochs, "best": vars(r.best) if r.best else None, "created": r.created}
             for r in rows]))
         return
     t = Table(title=escape(f"runs in {mdir(models_dir)}"))
     for c in ("name", "arch", "epochs", "valid acc", "split", "status", "created"):
-        t.add_column(c, justify="right" if c in ("epochs", "valid acc") else "left")
+        t.add_column(c, justify="right" if c in ("epochs", "valid acc") else "left", overflow="fold")  # wrap, never cut
     for r in rows:
         if isinstance(r, Unreadable):
-            t.add_row(escape(r.name), "", "", "", "", f"[red]unreadable: {escape(r.reason)}[/]", "")
+            t.add_row(escape(address(r)), "", "", "", "", f"[red]unreadable: {escape(r.reason)}[/]", "")
             continue
         acc = r.best.accuracy if r.best else None
-        t.add_row(r.name, r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
+        t.add_row(escape(address(r)), r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
                   r.split_kind, r.status, r.created)
     out.print(t)
 

@@ -121,7 +121,7 @@ def _interrupt_note(how: str):
     try:
         yield
     except KeyboardInterrupt:
-        err.print(f"interrupted: continue with `{how}`", markup=False, highlight=False)
+        err.print(f"interrupted: continue with `{how}`", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from kmnist_fa.errors import OptionError
-from kmnist_fa.splits import SplitSpec, split_indices
+from kmnist_fa.config import SplitSpec
+from kmnist_fa.splits import split_indices
 
 LABELS = np.repeat(np.arange(10), 60)
 

@@ -185,7 +185,7 @@ def test_event_dispatch_matches_fastai(kmnist):
 
     from kmnist_fa.data import make_dls
     from kmnist_fa.learner import ToolkitLearner, build_learner
-    from kmnist_fa.splits import SplitSpec
+    from kmnist_fa.config import SplitSpec
 
     class Log(Callback):
         def __init__(self, tag, out, order=50):

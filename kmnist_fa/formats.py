@@ -26,58 +26,106 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UBYTE = 0x08
 
 
-def _read_raw(path: Path) -> bytes:
+MAX_IDX_BYTES = 1 << 32  # 4 GiB of pixels: 20x K49's training images, far below anything hostile can make us allocate
+
+
+def _open(path: Path):
+    """A binary stream of the file's idx bytes, gunzipped on the fly when it is gzip."""
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip ({e})") from None
-    return raw
+    if f.read(2) == _GZIP_MAGIC:
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb"), True
+    f.seek(0)
+    return f, False
+
+
+def _read_exact(stream, n: int, path: Path, what: str) -> bytes:
+    try:
+        data = stream.read(n)
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip ({e})") from None
+    if len(data) != n:
+        raise DataError(f"{path}: truncated {what} ({len(data):,} of {n:,} bytes)")
+    return data
 
 
 def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
-    """Read an idx file of unsigned bytes; `ndim` (3 images, 1 labels) is enforced if given."""
+    """Read an idx file of unsigned bytes; `ndim` (3 images, 1 labels) is enforced if given.
+
+    Streamed: the header is read and its size checked (against the file size, or a
+    cap when gzipped) before any data is decompressed or allocated, so a gzip bomb or
+    a header claiming 2^90 bytes costs nothing but the error.
+    """
     path = Path(path)
-    raw = _read_raw(path)
-    if len(raw) < 4:
-        raise DataError(f"{path}: too short to be an idx file ({len(raw)} bytes)")
-    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != _IDX_UBYTE or dims == 0:
-        raise DataError(f"{path}: wrong magic number 0x{raw[:4].hex()} (expected 0x0000080{ndim or 'N'}: idx unsigned-byte)")
-    if ndim is not None and dims != ndim:
-        kind = {1: "labels (idx1)", 3: "images (idx3)"}.get(ndim, f"{ndim}-d")
-        raise DataError(f"{path}: has {dims} dimensions, expected {kind}")
-    header = 4 + 4 * dims
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated header")
-    shape = struct.unpack(f">{dims}I", raw[4:header])
-    size = int(np.prod(shape))
-    if len(raw) - header != size:
-        raise DataError(f"{path}: header says {size:,} bytes of data for shape {shape}, file has {len(raw) - header:,}")
+    stream, gz = _open(path)
+    with stream:
+        head = _read_exact(stream, 4, path, "header")
+        zero, dtype, dims = struct.unpack(">HBB", head)
+        if zero != 0 or dtype != _IDX_UBYTE or dims == 0:
+            raise DataError(f"{path}: wrong magic number 0x{head.hex()} (expected 0x0000080{ndim or 'N'}: idx "
+                            "unsigned-byte)")
+        if ndim is not None and dims != ndim:
+            kind = {1: "labels (idx1)", 3: "images (idx3)"}.get(ndim, f"{ndim}-d")
+            raise DataError(f"{path}: has {dims} dimensions, expected {kind}")
+        shape = struct.unpack(f">{dims}I", _read_exact(stream, 4 * dims, path, "header"))
+        size = 1
+        for d in shape:  # Python ints: no overflow, whatever the header claims
+            size *= d
+        if size > MAX_IDX_BYTES:
+            raise DataError(f"{path}: header claims shape {shape} ({size:,} bytes), more than kmnist-fa reads "
+                            f"({MAX_IDX_BYTES:,})")
+        if not gz:
+            have = path.stat().st_size - 4 - 4 * dims
+            if have != size:
+                raise DataError(f"{path}: header says {size:,} bytes of data for shape {shape}, file has {have:,}")
+        data = _read_exact(stream, size, path, f"data (header says {size:,} bytes for shape {shape})")
+        if gz and _read_exact_or_empty(stream, path):
+            raise DataError(f"{path}: more data than the header's {size:,} bytes for shape {shape}")
     # copy: frombuffer views are read-only, and torch warns on (and cannot share) those
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
+
+
+def _read_exact_or_empty(stream, path: Path) -> bool:
+    """Whether anything follows (one byte is read, never the rest of a bomb)."""
+    try:
+        return bool(stream.read(1))
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip ({e})") from None
 
 
 def read_npz(path: str | Path) -> np.ndarray:
-    """Read the single array `arr_0` of a KMNIST-style npz (no pickles allowed)."""
+    """Read the single array `arr_0` of a KMNIST-style npz: no pickles, size checked before decompressing."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    fmt = np.lib.format
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "arr_0" not in z.files:
-                raise DataError(f"{path}: npz has no array 'arr_0' (has {', '.join(z.files) or 'none'})")
-            arr = z["arr_0"]
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if "arr_0.npy" not in names:
+                shown = ", ".join(n.removesuffix(".npy") for n in names[:5]) or "none"
+                raise DataError(f"{path}: npz has no array 'arr_0' (has {shown})")
+            with z.open("arr_0.npy") as f:
+                version = fmt.read_magic(f)
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                size = dtype.itemsize
+                for d in shape:
+                    size *= d
+                if dtype.hasobject or size > MAX_IDX_BYTES:
+                    raise DataError(f"{path}: arr_0 is {dtype} of shape {shape}; kmnist-fa reads integer arrays "
+                                    f"of at most {MAX_IDX_BYTES:,} bytes")
+                f.seek(0)
+                arr = fmt.read_array(f, allow_pickle=False)
     except DataError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt npz ({e})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, zlib.error, KeyError) as e:
+        raise DataError(f"{path}: corrupt npz ({type(e).__name__}: {str(e)[:120]})") from None
     if arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.integer) or arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
             raise DataError(f"{path}: expected uint8 values, found {arr.dtype}")

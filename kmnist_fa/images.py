@@ -18,6 +18,7 @@ from .formats import read_array
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 INVERT_MODES = ("auto", "yes", "no")
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before they eat the machine's memory
+MAX_SIDE = 1024  # framing pads to a square: long thin images are shrunk to this first
 
 
 @dataclass
@@ -52,6 +53,10 @@ def frame(gray: np.ndarray, invert: str = "auto", size: int = 28, margin: int = 
         (r0, c0), (r1, c1) = ink.min(0), ink.max(0) + 1
         g = g[r0:r1, c0:c1]
     h, w = g.shape
+    if max(h, w) > MAX_SIDE:  # a 40,000,000x1 strip would otherwise be padded to a 40,000,000^2 square
+        scale = MAX_SIDE / max(h, w)
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        g = np.asarray(Image.fromarray(g).resize((w, h), Image.BOX))
     side = max(h, w)
     square = np.zeros((side, side), np.uint8)
     square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = g

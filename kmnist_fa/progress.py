@@ -34,7 +34,7 @@ class RichProgress(Callback):
         if self.show_rows:
             self.learn.logger = self._row
             self._row(self.recorder.metric_names)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=self.console, transient=True)
         self.progress.start()

@@ -5,11 +5,20 @@ fonts, no analytics, so it works with no network). Drawings and uploads go throu
 exactly the preprocessing of `kmnist-fa predict` (`images.decode_image`: grayscale,
 inversion of dark-on-light, framing to 28x28), and the page shows the 28x28 image
 the model actually saw. Needs the `demo` extra: `pip install -e ".[demo]"`.
+
+Hostile input stays harmless: bodies are read at most `MAX_BYTES` (plus one) whatever
+their headers claim, decoding and prediction run in worker threads so one slow image
+never holds the event loop, run and class names (from run.json and a dataset's
+classmap) reach the page escaped or as `textContent`, and a Content-Security-Policy
+lets only the page's own nonce-tagged script run.
 """
 from __future__ import annotations
 
 import base64
+import html
 import io
+import secrets
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -29,11 +38,13 @@ class Predictor:
         self.members, self.tta, self.tta_n, self.method = list(members), tta, tta_n, method
         self.classes = check_members(self.members)
         self.chars = self.members[0].chars
+        self._lock = threading.Lock()  # a fastai Learner predicts one batch at a time
 
     def __call__(self, img: np.ndarray, k: int = 3) -> list[dict]:
         from .ensemble import combine, member_probs
 
-        probs = combine(member_probs(self.members, img[None], self.tta, self.tta_n), self.method)[0]
+        with self._lock:
+            probs = combine(member_probs(self.members, img[None], self.tta, self.tta_n), self.method)[0]
         top = probs.topk(min(k, len(probs)))
         return [{"class": int(i), "name": self.classes[i], "char": self.chars[i] if self.chars else "",
                  "prob": round(float(p), 4)} for p, i in zip(top.values.tolist(), top.indices.tolist())]
@@ -49,6 +60,7 @@ def png_data_url(img: np.ndarray) -> str:
 
 def create_app(predictor: Predictor):
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
@@ -58,34 +70,59 @@ def create_app(predictor: Predictor):
     def error(status: int, msg: str) -> JSONResponse:
         return JSONResponse({"error": msg}, status_code=status)
 
+    too_large = f"upload too large (limit {MAX_BYTES:,} bytes)"
+    models = html.escape(", ".join(m.name for m in predictor.members) + (" (TTA)" if predictor.tta else ""))
+
     async def index(request: Request):
-        return HTMLResponse(PAGE.replace("__MODELS__", ", ".join(m.name for m in predictor.members)
-                                         + (" (TTA)" if predictor.tta else "")))
+        nonce = secrets.token_urlsafe(16)
+        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src data:; "
+               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+        page = PAGE.replace("__MODELS__", models).replace("__NONCE__", nonce)
+        return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"})
+
+    async def capped_body(request: Request) -> bytes | None:
+        """The body, or None once it passes MAX_BYTES (chunked uploads have no Content-Length to trust)."""
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > MAX_BYTES + 64 * 1024:  # room for the multipart framing around a MAX_BYTES image
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def predict(request: Request):
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
-        size = int(request.headers.get("content-length") or 0)
-        if size > MAX_BYTES:
-            return error(413, f"image too large ({size:,} bytes; limit {MAX_BYTES:,})")
+        try:
+            if int(request.headers.get("content-length") or 0) > MAX_BYTES + 64 * 1024:
+                return error(413, too_large)
+        except ValueError:
+            return error(400, "bad Content-Length")
+        if ctype != "multipart/form-data" and ctype not in IMAGE_TYPES:
+            return error(415, f"unsupported content type {ctype[:60] or '(none)'}; send an image or a form upload")
+        body = await capped_body(request)
+        if body is None:
+            return error(413, too_large)
         if ctype == "multipart/form-data":
-            form = await request.form(max_part_size=MAX_BYTES)
+            async def replay():
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=4, max_part_size=MAX_BYTES)
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 return error(400, "form field 'file' with an image is required")
-            data, name = await upload.read(), upload.filename or "upload"
-        elif ctype in IMAGE_TYPES:
-            data, name = await request.body(), "drawing"
+            data, name = await upload.read(), "upload"
         else:
-            return error(415, f"unsupported content type {ctype or '(none)'}; send an image or a form upload")
+            data, name = body, "drawing"
         if len(data) > MAX_BYTES:
-            return error(413, f"image too large ({len(data):,} bytes; limit {MAX_BYTES:,})")
+            return error(413, too_large)
         if not data:
             return error(400, "empty upload")
         try:
-            img = decode_image(data, name)
+            img = await run_in_threadpool(decode_image, data, name)
         except DataError as e:
             return error(400, str(e))
-        return JSONResponse({"top": predictor(img), "seen": png_data_url(img)})
+        top = await run_in_threadpool(predictor, img)
+        return JSONResponse({"top": top, "seen": png_data_url(img)})
 
     return Starlette(routes=[Route("/", index), Route("/predict", predict, methods=["POST"])])
 
@@ -93,7 +130,7 @@ def create_app(predictor: Predictor):
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kmnist-fa: draw a kana</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
+<style nonce="__NONCE__">
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:760px;color:#222}
 .row{display:flex;gap:2em;flex-wrap:wrap}
 canvas{border:2px solid #444;border-radius:6px;touch-action:none;cursor:crosshair;background:#fff}
@@ -113,7 +150,7 @@ table{border-collapse:collapse}td{padding:.2em .5em}
 <p>What the model saw (28x28):<br><img id="seen" alt="28x28 input"></p>
 <p id="error" role="alert"></p></div>
 </div>
-<script>
+<script nonce="__NONCE__">
 const pad=document.getElementById('pad'),ctx=pad.getContext('2d');
 function clearPad(){ctx.fillStyle='#fff';ctx.fillRect(0,0,pad.width,pad.height);}
 clearPad();ctx.lineWidth=18;ctx.lineCap='round';ctx.lineJoin='round';ctx.strokeStyle='#000';
@@ -137,8 +174,10 @@ function show(j){
   if(!j){seen.removeAttribute('src');return;}
   seen.src=j.seen;
   j.top.forEach((p,i)=>{const tr=t.insertRow();tr.className='pred';tr.dataset.cls=p.class;
-    tr.insertCell().innerHTML='<span class="label">'+p.char+' '+p.name+'</span>';
-    tr.insertCell().innerHTML='<div class="bar" style="width:'+Math.max(2,Math.round(p.prob*200))+'px"></div>';
+    const label=document.createElement('span');label.className='label';label.textContent=p.char+' '+p.name;
+    tr.insertCell().appendChild(label);
+    const bar=document.createElement('div');bar.className='bar';bar.style.width=Math.max(2,Math.round(p.prob*200))+'px';
+    tr.insertCell().appendChild(bar);
     tr.insertCell().textContent=(p.prob*100).toFixed(1)+'%';});
 }
 </script></body></html>

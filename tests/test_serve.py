@@ -19,9 +19,21 @@ from kmnist_fa.runs import reference_dir  # noqa: E402
 from kmnist_fa.serve import MAX_BYTES, Predictor, create_app  # noqa: E402
 
 
+HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
+
+
 @pytest.fixture(scope="module")
-def predictor():
-    return Predictor([load_run(reference_dir() / "lenet5", cpu=True)])
+def predictor(tmp_path_factory):
+    """The shipped LeNet5, with class names as a hostile dataset's classmap could make them."""
+    from kmnist_fa.runs import RunRecord
+
+    run = tmp_path_factory.mktemp("serve") / "lenet5"
+    shutil.copytree(reference_dir() / "lenet5", run)
+    rec = RunRecord.read(run)
+    rec.classes = [f"{HOSTILE}{i}" for i in range(10)]
+    rec.chars = ["<b>"] * 10
+    rec.write(run)
+    return Predictor([load_run(run, cpu=True)])
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +90,68 @@ def test_bad_requests_get_4xx(client):
     assert r.status_code == 400 and "larger than" in r.json()["error"]
 
 
+def _asgi_post(app, chunks, ctype: str) -> tuple[int, int]:
+    """POST a body in chunks with no Content-Length (as a chunked upload arrives); (status, bytes it read)."""
+    import asyncio
+
+    it, read = iter(chunks), [0]
+
+    async def receive():
+        for c in it:
+            read[0] += len(c)
+            return {"type": "http.request", "body": c, "more_body": True}
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent = []
+
+    async def send(msg):
+        sent.append(msg)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+             "headers": [(b"content-type", ctype.encode())], "http_version": "1.1", "scheme": "http",
+             "server": ("test", 80), "client": ("test", 1), "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], read[0]
+
+
+@pytest.mark.parametrize("ctype", ["image/png", "multipart/form-data; boundary=xyz"])
+def test_chunked_upload_is_refused_once_it_passes_the_limit(predictor, ctype):
+    app = create_app(predictor)
+    chunk = b"\0" * 65536
+    status, read = _asgi_post(app, (chunk for _ in range(16 * 1024)), ctype)  # a 1 GiB body, if read in full
+    assert status == 413 and read <= MAX_BYTES + 3 * 65536
+
+
+def test_page_headers_and_hostile_names(client, kmnist):
+    r = client.get("/")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'nonce-" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    nonce = csp.split("'nonce-")[1].split("'")[0]
+    assert r.text.count(f'nonce="{nonce}"') == 2  # the page's own style and script, nothing else
+    j = client.post("/predict", content=png_bytes(kmnist.train_x[3]), headers={"content-type": "image/png"}).json()
+    assert j["top"][0]["name"].startswith(HOSTILE)  # JSON carries the text; the page shows it as text (browser test)
+
+
+def test_a_slow_upload_does_not_stall_other_requests(server):
+    """Decoding runs in a worker thread: the page still answers while a 40-megapixel strip is decoded."""
+    import urllib.request
+
+    im = Image.new("L", (40_000_000, 1), 255)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    req = urllib.request.Request(server + "predict", data=buf.getvalue(), headers={"Content-Type": "image/png"})
+    res = {}
+    t = threading.Thread(target=lambda: res.update(r=urllib.request.urlopen(req, timeout=60).status))
+    t.start()
+    time.sleep(0.2)
+    t0 = time.time()
+    with urllib.request.urlopen(server, timeout=30) as r:
+        assert r.status == 200
+    latency = time.time() - t0
+    t.join(60)
+    assert res.get("r") == 200 and latency < 0.5, latency
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -124,6 +198,9 @@ def test_browser_draw_and_upload(server, predictor, kmnist, tmp_path):
         page.mouse.up()
         page.wait_for_selector("tr.pred")
         assert page.locator("tr.pred").count() == 3
+        label = page.locator("tr.pred .label").first.text_content()
+        assert label.startswith("<b> " + HOSTILE)  # shown as text ...
+        assert page.locator("#result img").count() == 0 and page.title() != "pwned"  # ... never parsed or run
         assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
         page.locator("#clear").click()
         assert page.locator("tr.pred").count() == 0
@@ -132,7 +209,7 @@ def test_browser_draw_and_upload(server, predictor, kmnist, tmp_path):
         shown = int(page.locator("tr.pred").first.get_attribute("data-cls"))
         (tmp_path / "bad.png").write_bytes(b"garbage")
         page.set_input_files("#file", str(tmp_path / "bad.png"))
-        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        page.wait_for_selector("#error:not(:empty)")  # (the page's CSP forbids Playwright's eval-based waits)
         assert "not a readable image" in page.locator("#error").text_content()
         browser.close()
     assert shown == cli_class(predictor, data)

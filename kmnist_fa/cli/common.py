@@ -7,6 +7,7 @@ import warnings
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from .. import __version__
 from ..config import OPTIONS
@@ -15,8 +16,16 @@ from ..errors import KmnistError
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes image files; never open a window
 
-out = Console()
-err = Console(stderr=True)
+# One rule for terminal output: nothing printed is ever parsed as Rich markup. Paths, run
+# names, class names and error messages come from users and files, and "[/]" or "[copy]"
+# in one must print as itself; styling is applied with `note()` / Text objects instead.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
+
+
+def note(label: str, style: str, text: str) -> Text:
+    """`label` styled, then `text` exactly as given."""
+    return Text.assemble((label, style), " ", text)
 
 app = typer.Typer(name="kmnist-fa", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="fastai toolkit for Kuzushiji-MNIST and the MNIST family: data, training, lr-find, runs.")
@@ -34,7 +43,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except KmnistError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=True)
+            err.print(note("error:", "bold red", str(e)), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -52,7 +52,7 @@ def data_download(name: str = typer.Argument("kmnist", help="kmnist, fashion, mn
 
     from ..datasets import download
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err) as prog:
         tasks = {}
 

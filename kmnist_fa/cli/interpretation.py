@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from .common import DataOpt, DatasetOpt, ModelsDirOpt, SplitOpt, TtaNOpt, app, err, friendly, out
+from .common import DataOpt, DatasetOpt, ModelsDirOpt, SplitOpt, TtaNOpt, app, err, friendly, note, out
 
 
 @app.command("interpret")
@@ -31,8 +32,8 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
     interp, notes = interpret(run, d, split, tta, tta_n or 4)
     target = out_dir or run.path / "interpret"
     res = write_interpretation(run, interp, target, split, tta, notes, top_k)
-    for note in notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    for msg in notes:
+        err.print(note("note:", "yellow", msg), highlight=False, soft_wrap=True)
     t = Table(title="most confused (actual -> predicted)")
     for c in ("actual", "predicted", "count"):
         t.add_column(c, justify="right" if c == "count" else "left")
@@ -80,5 +81,5 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
         t.add_column(c, justify="right" if c in ("images", "accuracy", "loss", "errors") else "left")
     for r in results:
         t.add_row(r.name, r.arch, f"{r.n:,}", f"{r.accuracy:.4f}", f"{r.loss:.4f}", str(r.errors),
-                  "[yellow]" + "; ".join(r.flags) + "[/]" if r.flags else "")
+                  Text("; ".join(r.flags), style="yellow"))
     out.print(t)

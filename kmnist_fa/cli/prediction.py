@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..errors import OptionError
-from .common import DataOpt, DatasetOpt, ModelsDirOpt, MethodOpt, SeedOpt, TtaNOpt, TtaOpt, app, err, friendly, out
+from .common import (DataOpt, DatasetOpt, MethodOpt, ModelsDirOpt, SeedOpt, TtaNOpt, TtaOpt, app, err, friendly,
+                     note, out)
 
 
 def _members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, dict]:
@@ -62,7 +63,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
     tta_n = tta_n or defaults.get("tta_n", 4)
     got = collect_inputs(inputs, invert)
     for e in got.errors:
-        err.print(f"[yellow]warning:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(note("warning:", "yellow", e), highlight=False, soft_wrap=True)
     if len(got.images) == 0:
         raise OptionError("INPUT: no readable images")
     probs = combine(member_probs(members, got.images, use_tta, tta_n), method, seed)
@@ -125,8 +126,8 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
         for name, row in zip(res["names"], res["disagreement"]):
             m.add_row(name, *(f"{v:.2%}" for v in row))
         out.print(m)
-    for note in res["notes"]:
-        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    for msg in res["notes"]:
+        err.print(note("note:", "yellow", msg), highlight=False, soft_wrap=True)
     if heatmap or out_csv:
         hm = heatmap or Path(out_csv).with_name(Path(out_csv).stem + "_disagreement.png")
         disagreement_heatmap(hm, res["names"], res["disagreement"])

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .common import ModelsDirOpt, friendly, models_app, out
 
@@ -37,15 +37,15 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
              "total_epochs": r.total_epochs, "best": vars(r.best) if r.best else None, "created": r.created}
             for r in rows]))
         return
-    t = Table(title=escape(f"runs in {mdir(models_dir)}"))
+    t = Table(title=f"runs in {mdir(models_dir)}")
     for c in ("name", "arch", "epochs", "valid acc", "split", "status", "created"):
         t.add_column(c, justify="right" if c in ("epochs", "valid acc") else "left", overflow="fold")  # wrap, never cut
     for r in rows:
         if isinstance(r, Unreadable):
-            t.add_row(escape(address(r)), "", "", "", "", f"[red]unreadable: {escape(r.reason)}[/]", "")
+            t.add_row(address(r), "", "", "", "", Text(f"unreadable: {r.reason}", style="red"), "")
             continue
         acc = r.best.accuracy if r.best else None
-        t.add_row(escape(address(r)), r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
+        t.add_row(address(r), r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
                   r.split_kind, r.status, r.created)
     out.print(t)
 
@@ -80,5 +80,5 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
     rows += [("lineage", " <- ".join([rec.name, *lineage(rec)]))] if rec.parent else []
     rows += [(f"option {k}", str(v)) for k, v in rec.config.flat().items()]
     for k, v in rows:
-        t.add_row(escape(k), escape(v))
+        t.add_row(k, v)
     out.print(t)

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import OptionError
 from .common import ModelsDirOpt, app, err, friendly, out
@@ -84,7 +84,7 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     """
     from ..runs import check_name, default_name
 
-    log = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False, markup=False))
+    log = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False))
     if resume:
         if arch is not None:
             raise OptionError("--resume uses the run's saved options: give no ARCH")
@@ -106,7 +106,7 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     acc = rec.best.accuracy if rec.best else None
     out.print(f"run {rec.name}: {rec.epochs_done} epochs in {rec.wall_time_s:.0f}s; "
               + (f"best valid accuracy {acc:.4f} at epoch {rec.best.epoch + 1}" if acc is not None
-                 else "no validation split (--full)") + f" -> {res.path}", markup=False, highlight=False)
+                 else "no validation split (--full)") + f" -> {res.path}", highlight=False)
 
 
 def _progress(quiet: bool):
@@ -121,7 +121,7 @@ def _interrupt_note(how: str):
     try:
         yield
     except KeyboardInterrupt:
-        err.print(f"interrupted: continue with `{how}`", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"interrupted: continue with `{how}`", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 
@@ -204,7 +204,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     err.print(f"sweep {sweep_name}: {n_cfg} configs x {len(plan) // n_cfg} folds = {len(plan)} runs "
               f"({mode}, recipe {recipe or 'none'}, {jobs} at once) in {root}", highlight=False)
     stop = threading.Event()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as prog:
         tasks = {j.name: prog.add_task(j.name, total=None) for j in plan}
 
@@ -239,7 +239,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     out.print(tbl)
     failed = {k: v for k, v in outcome.items() if v.startswith(("failed", "unreadable"))}
     for k, v in failed.items():
-        err.print(f"[red]{escape(k)}: {escape(v)}[/]", highlight=False, soft_wrap=True)
+        err.print(Text(f"{k}: {v}", style="red"), highlight=False, soft_wrap=True)
     out.print(f"wrote {root / 'results.csv'}, {plot_path}" + (f", {best}" if best else ""))
     if failed:
         raise typer.Exit(1)

@@ -186,7 +186,7 @@ class SplitSpec:
     n_folds: int | None = option(None, "Stratified k-fold: number of folds.", min=2)
     fold: int | None = option(None, "Which fold (0-based) validates, with --n-folds.", min=0)
     full: bool = option(False, "Train on every labelled image (no validation).")
-    seed: int = option(42, "Random seed: split, init, shuffling, augmentation.", sweep=True)
+    seed: int = option(42, "Random seed: split, init, shuffling, augmentation.", min=0, sweep=True)
 
     def __post_init__(self):
         _check_fields(self)

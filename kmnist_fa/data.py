@@ -256,6 +256,12 @@ def make_dls(data: MnistData, split: SplitSpec | None = None, aug: str = "light"
     if bs < 1:
         raise OptionError(f"--bs must be at least 1, got {bs}")
     train_idx, valid_idx = split_indices(data.train_y, split)
+    if not split.full and len(valid_idx) == 0:
+        raise OptionError(f"--valid-pct {split.valid_pct} leaves no validation images out of {len(train_idx):,}; "
+                          "raise it, or train on everything with --full")
+    if bs > len(train_idx):
+        raise OptionError(f"--bs {bs} is larger than the {len(train_idx):,} training images: an epoch would be a "
+                          "single step")
     mean, std = stats or image_stats(data.train_x[train_idx])
     block = DataBlock(
         blocks=(TransformBlock(type_tfms=ArrayImage(data.train_x)), CategoryBlock(vocab=data.classes, sort=False)),

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DataError
-from .formats import read_array
+from .formats import read_array, read_idx, read_npz
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 IMAGE_SIZE = 28
@@ -176,20 +176,27 @@ def _find(root: Path, role: str, spec: DatasetSpec | None) -> Path | None:
 def read_classmap(path: Path) -> list[str]:
     """Characters (or names) by class index from a KMNIST-style `index,codepoint,char` CSV."""
     try:
+        if path.stat().st_size > 1 << 20:
+            raise DataError(f"{path}: classmap larger than 1 MiB; expected one short row per class")
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read classmap ({e})") from None
+        raise DataError(f"{path}: cannot read classmap ({type(e).__name__}: {str(e)[:100]})") from None
     if not rows or "index" not in rows[0]:
         raise DataError(f"{path}: classmap needs an 'index' column and one row per class")
     col = "char" if "char" in rows[0] else next((c for c in rows[0] if c != "index"), None)
+    if col is None:
+        raise DataError(f"{path}: classmap needs a column of names (e.g. 'char') beside 'index'")
     try:
-        pairs = sorted((int(r["index"]), r[col]) for r in rows)
+        pairs = sorted((int(r["index"]), r[col] or "") for r in rows)
     except (TypeError, ValueError):
         raise DataError(f"{path}: classmap 'index' column must hold integers") from None
     if [i for i, _ in pairs] != list(range(len(pairs))):
         raise DataError(f"{path}: classmap indices must be 0..{len(pairs) - 1} with no gaps")
-    return [c for _, c in pairs]
+    names = [c for _, c in pairs]
+    if not all(0 < len(c) <= 100 for c in names) or len(set(names)) != len(names):
+        raise DataError(f"{path}: classmap '{col}' names must be distinct and 1-100 characters long")
+    return names
 
 
 @dataclass
@@ -302,6 +309,8 @@ def load_dataset(dataset: str | None = None, data: str | Path | None = None) -> 
     train_y = read_array(found["train_labels"], 1).astype(np.int64)
     test_x = read_array(found["test_images"], 3)
     test_y = read_array(found["test_labels"], 1).astype(np.int64) if found["test_labels"] else None
+    if len(train_x) == 0:
+        raise DataError(f"{found['train_images']}: holds no images; nothing to train on or to name classes from")
     _check_pair(train_x, train_y, found["train_images"], found["train_labels"])
     _check_pair(test_x, test_y, found["test_images"], found["test_labels"])
 
@@ -329,7 +338,12 @@ def _class_names(root: Path, spec: DatasetSpec | None, *labels) -> tuple[list[st
 # --------------------------------------------------------------------------- download
 
 def _fetch(url: str, dest: Path, md5: tuple[str, ...], progress: Callable[[int, int | None], None] | None) -> None:
-    """Fetch `url` into `dest` through `dest.part`, resuming a partial file with a Range request."""
+    """Fetch `url` into `dest` through `dest.part`, resuming a partial file with a Range request.
+
+    Nothing reaches `dest` unverified: by MD5 where one is published, else by reading
+    it as what it should be (`_check_content`). A transfer that stops short keeps its
+    `.part` for the next run to resume; a complete but wrong file is removed.
+    """
     from .atomic import atomic_path
 
     part = dest.with_name(dest.name + ".part")
@@ -347,12 +361,43 @@ def _fetch(url: str, dest: Path, md5: tuple[str, ...], progress: Callable[[int, 
                 have += len(block)
                 if progress:
                     progress(have, total)
+    if total is not None and have < total:
+        raise DataError(f"{url}: the transfer stopped at {have:,} of {total:,} bytes; run the download again to "
+                        f"resume it (kept {part.name})")
     got = md5sum(part)
     if md5 and got not in md5:
         part.unlink()
         raise DataError(f"{url}: downloaded file has MD5 {got}, expected {md5[0]}; removed it, try again")
+    if not md5:
+        try:
+            _check_content(part, dest.name)
+        except DataError as e:
+            part.unlink()
+            raise DataError(f"{url}: not a valid {dest.name} ({str(e).split(': ', 1)[-1]}); removed it") from None
     with atomic_path(dest) as tmp:
         os.replace(part, tmp)
+
+
+def _check_content(path: Path, name: str) -> None:
+    """`path` read as the file `name` must be: a classmap, or 28x28 images / labels in idx or npz."""
+    if name.endswith(".csv"):
+        read_classmap(path)
+        return
+    images = "imgs" in name or "images" in name
+    arr = read_npz(path) if name.endswith(".npz") else read_idx(path, 3 if images else 1)
+    want = 3 if images else 1
+    if arr.ndim != want or (images and arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE)) or len(arr) == 0:
+        raise DataError(f"{path}: array of shape {arr.shape} is not a set of {'28x28 images' if images else 'labels'}")
+
+
+def _valid_file(path: Path, md5: tuple[str, ...]) -> bool:
+    if md5:
+        return md5sum(path) in md5
+    try:
+        _check_content(path, path.name)
+        return True
+    except DataError:
+        return False
 
 
 def download(name: str = DEFAULT_DATASET, data: str | Path | None = None, mirror: str | None = None,
@@ -365,7 +410,7 @@ def download(name: str = DEFAULT_DATASET, data: str | Path | None = None, mirror
     for fname in wanted:
         dest = root / fname
         md5 = spec.md5.get(fname, ())
-        if dest.exists() and (not md5 or md5sum(dest) in md5):
+        if dest.exists() and _valid_file(dest, md5):
             continue
         errors = []
         for url in spec.urls(fname, mirror):

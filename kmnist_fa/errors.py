@@ -19,3 +19,7 @@ class RunError(KmnistError):
 
 class OptionError(KmnistError):
     """An option value is out of range or contradicts another option."""
+
+
+class OutputError(KmnistError):
+    """An output file cannot be written (read-only place, a folder in the way, a full disk)."""

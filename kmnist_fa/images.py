@@ -136,12 +136,18 @@ def collect_inputs(inputs: list[str | Path], invert: str = "auto") -> Inputs:
             for f in files:
                 try:
                     images.append(read_image(f, invert)[None])
-                    ids.append(f.name)
+                    # a file name that is not UTF-8 keeps its bytes visibly (\xff) in the CSV's Id
+                    ids.append(f.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
                     named = True
                 except DataError as e:
                     errors.append(str(e))
     if positional and named:
         raise DataError("INPUT: mix of MNIST-format files and image files; predict them in separate calls")
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise DataError(f"INPUT: {i} is named twice (in different folders?); the CSV's Ids must be unique")
+        seen.add(i)
     arr = np.concatenate(images) if images else np.zeros((0, 28, 28), np.uint8)
     if positional:
         lab = None if any(l is None for l in labels) else np.concatenate(labels)

@@ -170,10 +170,16 @@ def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = N
     """
     name = runs.check_name(name or runs.default_name(cfg.arch))
     path = runs.models_dir(root) / name
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    with runs.run_lock(path):
-        _clear_unstarted(path, name, log)
-        return _start(cfg, path, name, root, quiet, progress, data, cbs, log)
+    try:
+        with runs.run_lock(path):
+            _clear_unstarted(path, name, log)
+            return _start(cfg, path, name, root, quiet, progress, data, cbs, log)
+    except BaseException:
+        if created and not any(path.iterdir()):  # refused before it wrote anything: leave no empty folder
+            path.rmdir()
+        raise
 
 
 _UNSTARTED_FILES = {runs.RUN_FILE, runs.HISTORY_FILE, runs.CURVES_FILE}

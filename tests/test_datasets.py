@@ -114,7 +114,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.send_response(206 if rng else 200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
-        self.wfile.write(data[start:])
+        drop = getattr(RangeHandler, "drop_after", None)
+        self.wfile.write(data[start:start + drop] if drop else data[start:])  # a connection that dies early
 
 
 @pytest.fixture
@@ -169,6 +170,35 @@ def test_download_rejects_wrong_md5(tmp_path, tiny_spec, monkeypatch):
         datasets.download("tiny", tmp_path / "dl")
     assert not (tmp_path / "dl" / "t10k-images-idx3-ubyte.gz").exists()
     assert not list((tmp_path / "dl").glob("*.part"))
+
+
+@pytest.mark.parametrize("bad", [b"garbage", b"truncated"])
+def test_download_without_md5_checks_content_before_keeping(tmp_path, server, tiny_spec, monkeypatch, bad):
+    """Where no MD5 is published (a mirror, K49's classmap), a broken file never takes the final name."""
+    src, _ = server
+    name = "train-labels-idx1-ubyte.gz"
+    good = (src / name).read_bytes()
+    (src / name).write_bytes(b"\x1f\x8b garbage" if bad == b"garbage" else good[: len(good) // 2])
+    monkeypatch.setitem(datasets.DATASETS, "tiny", replace(tiny_spec, md5={}))
+    with pytest.raises(DataError, match=f"not a valid {name}"):
+        datasets.download("tiny", tmp_path / "dl")
+    assert not (tmp_path / "dl" / name).exists() and not list((tmp_path / "dl").glob("*.part"))
+    (src / name).write_bytes(good)  # the mirror is fixed: the next run fetches and keeps it
+    datasets.download("tiny", tmp_path / "dl")
+    assert (tmp_path / "dl" / name).read_bytes() == good
+
+
+def test_dropped_transfer_keeps_its_part_to_resume(tmp_path, server, tiny_spec, monkeypatch):
+    src, _ = server
+    name = "train-images-idx3-ubyte.gz"
+    full = (src / name).read_bytes()
+    monkeypatch.setattr(RangeHandler, "drop_after", len(full) // 3, raising=False)
+    with pytest.raises(DataError, match="stopped at .* run the download again to resume"):
+        datasets.download("tiny", tmp_path / "dl")
+    assert (tmp_path / "dl" / (name + ".part")).stat().st_size == len(full) // 3
+    monkeypatch.setattr(RangeHandler, "drop_after", None)
+    datasets.download("tiny", tmp_path / "dl")
+    assert (tmp_path / "dl" / name).read_bytes() == full
 
 
 def test_download_offline_message(tmp_path):

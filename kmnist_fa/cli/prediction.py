@@ -159,6 +159,9 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
     members, defaults = _members(model, models_dir, cpu)
     predictor = Predictor(members, tta if tta is not None else defaults["tta"], tta_n or defaults.get("tta_n", 4),
                           method)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(note("warning:", "yellow", f"--host {host}: the demo is reachable from other machines on the "
+                       "network, with no authentication"), highlight=False, soft_wrap=True)
     err.print(f"serving {', '.join(m.name for m in members)} on http://{host}:{port}/ (Ctrl-C stops)",
               highlight=False)
     uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning")

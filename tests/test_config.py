@@ -37,6 +37,7 @@ def test_flat_names_nested_groups_round_trip():
     (dict(n_folds=1, fold=0), "--n-folds must be at least 2"),
     (dict(full=True, n_folds=5, fold=0), "cannot be combined"),
     (dict(learning_rate=1), "unknown option: learning_rate"),
+    (dict(seed=-1), "--seed must be non-negative, got -1"),
 ])
 def test_checks(kw, msg):
     with pytest.raises(OptionError, match=msg):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fastai.callback.core import Callback
 
 from kmnist_fa import runs
 from kmnist_fa.config import TrainConfig
@@ -89,3 +90,30 @@ def test_leftover_temp_files_are_cleaned_and_unstarted_runs_restart(kmnist, tmp_
     assert any("starting it again" in m for m in msgs) and again.record.complete
     with pytest.raises(Exception, match="already exists"):  # a finished run is never overwritten
         train(_cfg(kmnist), name="again", root=tmp_path, quiet=True, data=kmnist)
+
+
+@pytest.mark.parametrize("content", [b"", "tensor", "missing-keys"])
+def test_damaged_checkpoint_is_one_line(kmnist, tmp_path, content):
+    import torch
+
+    with pytest.raises(KeyboardInterrupt):  # one committed epoch, then a checkpoint to damage
+        train(_cfg(kmnist, epochs=2), name="cut", root=tmp_path, quiet=True, data=kmnist, cbs=[_StopAfterFirst()])
+    ckpt = tmp_path / "cut" / "checkpoint.pth"
+    if content == b"":
+        ckpt.write_bytes(b"")
+    elif content == "tensor":
+        torch.save(torch.zeros(3), ckpt)
+    else:
+        sd = torch.load(ckpt, weights_only=True)
+        del sd["opt"], sd["progress"]
+        torch.save(sd, ckpt)
+    with pytest.raises(RunError) as e:
+        resume("cut", root=tmp_path, quiet=True, data=kmnist)
+    assert "\n" not in str(e.value) and "checkpoint.pth" in str(e.value)
+
+
+class _StopAfterFirst(Callback):
+    order = 90
+
+    def after_epoch(self):
+        raise KeyboardInterrupt

@@ -151,3 +151,10 @@ def test_image_stats_exact_and_chunked(kmnist):
         image_stats(np.full((3, 28, 28), 255, np.uint8))
     with pytest.raises(DataError, match="no images"):
         image_stats(x[:0])
+
+
+def test_split_and_batch_size_that_would_train_nonsense(kmnist):
+    with pytest.raises(OptionError, match="--valid-pct 0.0001 leaves no validation images"):
+        make_dls(kmnist, SplitSpec(valid_pct=0.0001), bs=64, device="cpu")
+    with pytest.raises(OptionError, match="--bs 10000 is larger than the 5,400 training images"):
+        make_dls(kmnist, SplitSpec(), bs=10000, device="cpu")

@@ -216,3 +216,20 @@ def test_md5sum_matches_hashlib(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"x" * 3_000_000)
     assert md5sum(p) == hashlib.md5(b"x" * 3_000_000).hexdigest()
+
+
+def test_empty_dataset_and_nameless_classmap(tmp_path):
+    from kmnist_fa.formats import write_idx
+
+    root = write_synthetic(tmp_path / "toy")
+    (root / "toy_classmap.csv").write_text("index\n0\n1\n")
+    with pytest.raises(DataError, match="needs a column of names"):
+        load_dataset(data=root)
+    (root / "toy_classmap.csv").write_text("index,char\n0,a\n1,a\n")
+    with pytest.raises(DataError, match="must be distinct"):
+        load_dataset(data=root)
+    (root / "toy_classmap.csv").unlink()
+    write_idx(root / "train-images-idx3-ubyte.gz", np.zeros((0, 28, 28), np.uint8))
+    write_idx(root / "train-labels-idx1-ubyte.gz", np.zeros(0, np.uint8))
+    with pytest.raises(DataError, match="holds no images"):
+        load_dataset(data=root)

@@ -43,7 +43,10 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     cmd = [sys.executable, str(ROOT / "cli.py"), "train", "lenet5", "--epochs", "200", "--lr", "3e-3", "--data",
            str(data), "--name", "cut", "--models-dir", str(tmp_path), "-q"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # as from a terminal: SIGINT at its default even if this test process inherited it ignored (as background
+    # jobs of a shell do), since Python then never turns it into KeyboardInterrupt
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = tmp_path / "cut" / "checkpoint.pth"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and p.poll() is None:

@@ -46,7 +46,7 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
             continue
         acc = r.best.accuracy if r.best else None
         t.add_row(address(r), r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
-                  r.split_kind, r.status, r.created)
+                  r.split_kind, r.status, r.created[:16].replace("T", " "))
     out.print(t)
 
 

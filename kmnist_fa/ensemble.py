@@ -81,10 +81,12 @@ def check_members(members) -> list[str]:
     return classes
 
 
-def member_probs(members, images: np.ndarray, tta: bool = False, n: int = 4) -> list[torch.Tensor]:
-    from .inference import predict_probs
+def member_probs(members, images: np.ndarray, tta: bool = False, n: int = 4,
+                 seed: int | None = None) -> list[torch.Tensor]:
+    """Each member's probabilities; with TTA, every member's passes are drawn from `seed` (default TTA_SEED)."""
+    from .inference import TTA_SEED, predict_probs
 
-    return [predict_probs(m, images, tta=tta, n=n) for m in members]
+    return [predict_probs(m, images, tta=tta, n=n, seed=TTA_SEED if seed is None else seed) for m in members]
 
 
 def shared_split(members) -> bool:
@@ -114,7 +116,7 @@ def analyse(members, data, images: np.ndarray, labels: np.ndarray | None, method
     if shared:
         vx, vy, n0 = validation_set(members[0], data)
         notes += n0
-        vprobs = member_probs(members, vx, tta, n)
+        vprobs = member_probs(members, vx, tta, n, seed)
         valid_acc = [accuracy(p, vy) for p in vprobs]
         ens_valid = accuracy(combine(vprobs, method, seed), vy)
     else:
@@ -122,8 +124,8 @@ def analyse(members, data, images: np.ndarray, labels: np.ndarray | None, method
         for m in members:
             vx, vy, nm = validation_set(m, data)
             notes += nm
-            valid_acc.append(accuracy(member_probs([m], vx, tta, n)[0], vy))
-    probs = member_probs(members, images, tta, n)
+            valid_acc.append(accuracy(member_probs([m], vx, tta, n, seed)[0], vy))
+    probs = member_probs(members, images, tta, n, seed)
     ens = combine(probs, method, seed)
     ens_cls = ens.argmax(1)
     rows = []

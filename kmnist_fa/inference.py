@@ -8,6 +8,8 @@ project's `ArrayDL`, built from the run's own transforms (`array_dl`) rather tha
 """
 from __future__ import annotations
 
+import contextlib
+import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ with warnings.catch_warnings():
     from fastai.callback.progress import ProgressCallback
     from fastai.learner import Learner
     from fastai.metrics import accuracy, error_rate
+    from fastai.torch_core import set_seed
     from fastcore.basics import noop
 
 from . import runs
@@ -33,6 +36,24 @@ from .runs import RunRecord
 from .splits import split_indices
 
 TTA_BETA = 0.25  # fastai's default: weight of the clean pass against the mean of the augmented passes
+TTA_SEED = 42  # TTA's random augmentations are drawn from this seed: same inputs, same predictions
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Every RNG fastai's augmentations draw from (Python, NumPy, torch) seeded, then put back as it was,
+    so a prediction is reproducible without disturbing the caller's random streams."""
+    state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    set_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 @dataclass
@@ -83,15 +104,16 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
 
 
 def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int = 4,
-                  labels: np.ndarray | None = None) -> torch.Tensor:
+                  labels: np.ndarray | None = None, seed: int = TTA_SEED) -> torch.Tensor:
     """Class probabilities (N x C, rows sum to 1) for uint8 images, optionally with TTA.
 
     TTA is fastai's `Learner.tta`: `n` passes with the run's training augmentation,
-    averaged, then blended with the clean pass (clean weight `TTA_BETA`).
+    averaged, then blended with the clean pass (clean weight `TTA_BETA`); the passes'
+    random augmentations come from `seed`, so repeating a prediction repeats its result.
     """
     if len(images) == 0:
         return torch.zeros(0, len(run.classes))
-    return tta_parts(run, images, n, labels)[2] if tta else _plain(run, images, labels)
+    return tta_parts(run, images, n, labels, seed)[2] if tta else _plain(run, images, labels)
 
 
 def _plain(run: LoadedRun, images: np.ndarray, labels=None) -> torch.Tensor:
@@ -100,12 +122,13 @@ def _plain(run: LoadedRun, images: np.ndarray, labels=None) -> torch.Tensor:
     return probs.float().cpu()
 
 
-def tta_parts(run: LoadedRun, images: np.ndarray, n: int = 4, labels=None):
+def tta_parts(run: LoadedRun, images: np.ndarray, n: int = 4, labels=None, seed: int = TTA_SEED):
     """(clean probs, mean of augmented-pass probs, blended probs)."""
     if n < 1:
         raise DataError(f"--tta-n must be at least 1, got {n}")
     dl = array_dl(run.learn.dls, images, labels)
-    (aug, clean), _ = run.learn.tta(dl=dl, n=n, beta=None)
+    with seeded(seed):
+        (aug, clean), _ = run.learn.tta(dl=dl, n=n, beta=None)
     aug, clean = aug.float().cpu(), clean.float().cpu()
     return clean, aug, torch.lerp(aug, clean, TTA_BETA)
 

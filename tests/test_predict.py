@@ -174,3 +174,27 @@ def test_predict_works_out_of_the_box_with_reference_models(valid, tmp_path):
     assert r.exit_code == 0, r.output
     assert "TTA" in r.output
     assert (tmp_path / "s.csv").read_text().splitlines()[1].startswith("char.png,")
+
+
+def test_tta_predictions_repeat_byte_for_byte(lenet_run, kmnist_dir, tmp_path):
+    """Same inputs, runs, options and seed: the same submission, whatever ran before (TTA is seeded)."""
+    import torch
+
+    from kmnist_fa.formats import read_idx, write_idx
+
+    x = read_idx(kmnist_dir / "t10k-images-idx3-ubyte.gz", 3)[:400]
+    write_idx(tmp_path / "x-idx3-ubyte", x)
+    args = ["predict", str(tmp_path / "x-idx3-ubyte"), "-m", str(lenet_run.path), "--tta", "--tta-n", "3"]
+    outs = []
+    for i, seed in enumerate((42, 42, 7)):
+        torch.rand(i + 1)  # disturb the global RNG between the calls
+        r = runner.invoke(app, [*args, "--seed", str(seed), "--probs", str(tmp_path / f"p{i}.csv"),
+                                "--out", str(tmp_path / f"s{i}.csv")])
+        assert r.exit_code == 0, r.output
+        outs.append((tmp_path / f"p{i}.csv").read_bytes())
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+    for i in (0, 1):
+        r = runner.invoke(app, ["ensemble", str(lenet_run.path), str(lenet_run.path), "--tta", "--tta-n", "2",
+                                "--data", str(kmnist_dir), "--out", str(tmp_path / f"e{i}.csv")])
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "e0.csv").read_bytes() == (tmp_path / "e1.csv").read_bytes()

@@ -71,6 +71,7 @@ TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fast
 TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model with --tta, plus the clean pass "
                        "(default 4; the reference ensemble's own setting when it is used).")
 MethodOpt = typer.Option("mean", "--method", help="Combine models by 'mean' of probabilities or majority 'vote'.")
-SeedOpt = typer.Option(42, "--seed", help="Seed for vote tie-breaking.")
+SeedOpt = typer.Option(42, "--seed", min=0, help="Seed for TTA's random augmentations and vote tie-breaking: "
+                       "the same inputs, runs, options and seed give a byte-identical CSV.")
 SplitOpt = typer.Option("valid", "--split", help="valid: the run's own validation split; test: the dataset's "
                         "labelled test set.")

@@ -66,7 +66,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
         err.print(note("warning:", "yellow", e), highlight=False, soft_wrap=True)
     if len(got.images) == 0:
         raise OptionError("INPUT: no readable images")
-    probs = combine(member_probs(members, got.images, use_tta, tta_n), method, seed)
+    probs = combine(member_probs(members, got.images, use_tta, tta_n, seed), method, seed)
     if out_csv:
         write_submission(out_csv, got.ids, probs)
         out.print(f"wrote {out_csv} ({len(got.ids):,} rows, {len(members)} model(s), "

@@ -205,7 +205,7 @@ def infer_toolkit(kind: str, folder: str, limit: int | None, device: str) -> dic
     from kmnist_fa.datasets import load_dataset
     from kmnist_fa.ensemble import combine, member_probs
     from kmnist_fa.inference import load_run
-    from kmnist_fa.runs import reference_default
+    from kmnist_fa.runs import reference_default, reference_dir
 
     x = load_dataset(data=folder).test_x[:limit]
     cpu = device == "cpu"
@@ -214,7 +214,7 @@ def infer_toolkit(kind: str, folder: str, limit: int | None, device: str) -> dic
         members = [load_run(p, cpu=cpu, tta_aug=ref.get("tta_aug")) for p in ref["paths"]]
         tta, n = ref["tta"], ref["tta_n"]
     else:
-        members, tta, n = [load_run(ROOT / "models" / "reference" / INFER_ARCH, cpu=cpu)], kind == "tta", TTA_N
+        members, tta, n = [load_run(reference_dir() / INFER_ARCH, cpu=cpu)], kind == "tta", TTA_N
     member_probs(members, x[:WARM], tta, n)  # warm-up
     _sync(device)
     t = time.perf_counter()
@@ -231,9 +231,9 @@ def infer_plain(kind: str, folder: str, limit: int | None, device: str) -> dict:
 
     from kmnist_fa.datasets import load_dataset
     from kmnist_fa.models import create_model
-    from kmnist_fa.runs import RunRecord
+    from kmnist_fa.runs import RunRecord, reference_dir
 
-    path = ROOT / "models" / "reference" / INFER_ARCH
+    path = reference_dir() / INFER_ARCH
     rec = RunRecord.read(path)
     model = create_model(rec.arch, len(rec.classes)).to(device).eval()
     model.load_state_dict(torch.load(path / "model.pth", weights_only=True, map_location=device))

@@ -1,4 +1,4 @@
-"""Copy finished runs into models/reference/ as the shipped reference models.
+"""Copy finished runs into kmnist_fa/reference/ as the shipped reference models.
 
 Each exported run keeps its run.json (renamed, with its source recorded) and gains a
 `check` block: its predictions on a fixed batch of labelled images, which the test

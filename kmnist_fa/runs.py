@@ -58,13 +58,18 @@ def default_name(arch: str) -> str:
 
 
 def run_path(name_or_path: str | Path, root: str | Path | None = None) -> Path:
-    """A run folder from a name (looked up in the models dir) or a path."""
+    """A run folder from a path, a name in the models dir, or `reference/NAME` for a shipped run."""
     p = Path(name_or_path)
     if p.is_dir() and (p / RUN_FILE).exists():
         return p
     q = models_dir(root) / str(name_or_path)
     if q.is_dir():
         return q
+    name = str(name_or_path)
+    if name.startswith(REFERENCE_PREFIX) and _NAME_RE.match(name[len(REFERENCE_PREFIX):]):
+        r = reference_dir() / name[len(REFERENCE_PREFIX):]
+        if (r / RUN_FILE).exists():
+            return r
     raise RunError(f"{name_or_path}: no such run (looked in {p} and {q}); `kmnist-fa models` lists runs")
 
 
@@ -493,13 +498,20 @@ def versions() -> dict:
     return {"kmnist_fa": __version__, "fastai": fastai.__version__, "torch": torch.__version__, "git": git_commit()}
 
 
+REFERENCE_PREFIX = "reference/"
+
+
 def reference_dir() -> Path:
-    """The reference runs shipped with the toolkit (models/reference/ in the checkout)."""
-    return Path(__file__).resolve().parents[1] / "models" / "reference"
+    """The reference runs shipped inside the package (so a wheel install has them too)."""
+    return Path(__file__).resolve().parent / "reference"
+
+
+def reference_runs() -> list[Path]:
+    return sorted(p for p in reference_dir().iterdir() if (p / RUN_FILE).exists())
 
 
 def reference_default() -> dict:
-    """The shipped default ensemble (models/reference/default.json): member folders and TTA settings."""
+    """The shipped default ensemble (reference/default.json): member folders and TTA settings."""
     spec = reference_dir() / "default.json"
     if not spec.exists():
         raise OptionError(f"no reference models are shipped in {reference_dir()}; pass --model RUN")

@@ -16,25 +16,29 @@ from .common import ModelsDirOpt, friendly, models_app, out
 @friendly
 def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """List saved runs: name, arch, epochs, valid accuracy, status, date. A run whose run.json does not
-    load is listed as unreadable, with the reason."""
+    """List saved runs, then the reference runs shipped with kmnist-fa (`reference/NAME`): name, arch,
+    epochs, valid accuracy, status, date. A run whose run.json does not load is listed as unreadable."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = models_dir
         return
-    from ..runs import Unreadable, list_runs, models_dir as mdir
+    from ..runs import REFERENCE_PREFIX, RunRecord, Unreadable, list_runs, models_dir as mdir, reference_runs
 
-    rows = list_runs(models_dir)
     base = mdir(models_dir)
+    rows = list_runs(models_dir) + [RunRecord.read(p) for p in reference_runs()]
 
-    def address(r) -> str:  # what `models show`, `predict -m` ... accept: the folder under the models dir
-        return str(r.path.relative_to(base))
+    def is_ref(r) -> bool:
+        return r.path.parent == reference_runs()[0].parent
+
+    def address(r) -> str:  # what `models show`, `predict -m` ... accept
+        return REFERENCE_PREFIX + r.path.name if is_ref(r) else str(r.path.relative_to(base))
 
     if as_json:
         out.print_json(json.dumps([
             {"name": address(r), "path": str(r.path), "status": "unreadable", "error": r.reason}
             if isinstance(r, Unreadable) else
             {"name": address(r), "path": str(r.path), "arch": r.arch, "status": r.status, "epochs_done": r.epochs_done,
-             "total_epochs": r.total_epochs, "best": vars(r.best) if r.best else None, "created": r.created}
+             "total_epochs": r.total_epochs, "best": vars(r.best) if r.best else None, "created": r.created,
+             "reference": is_ref(r)}
             for r in rows]))
         return
     t = Table(title=f"runs in {mdir(models_dir)}")
@@ -46,7 +50,7 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
             continue
         acc = r.best.accuracy if r.best else None
         t.add_row(address(r), r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
-                  r.split_kind, r.status, r.created[:16].replace("T", " "))
+                  r.split_kind, "reference" if is_ref(r) else r.status, r.created[:16].replace("T", " "))
     out.print(t)
 
 

@@ -1,0 +1,4 @@
+"""`python -m kmnist_fa ...` behaves exactly like the installed `kmnist-fa ...`."""
+from kmnist_fa.cli import app
+
+app(prog_name="kmnist-fa")

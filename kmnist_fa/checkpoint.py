@@ -204,6 +204,9 @@ def plot_curves(path: Path, history: list[dict]) -> Path | None:
     a.legend()
     if any(h.get("accuracy") is not None for h in history):
         b.plot(ep, col("accuracy"), color="C2")
+    else:  # a --full run: say so rather than draw an empty panel
+        b.text(0.5, 0.5, "no validation split\n(trained with --full)", ha="center", va="center",
+               transform=b.transAxes, color="0.4")
     b.set(xlabel="epoch", ylabel="accuracy", title="valid accuracy")
     fig.tight_layout()
     return save_fig(fig, Path(path) / CURVES_FILE)

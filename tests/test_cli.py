@@ -116,3 +116,14 @@ def test_benchmark_smoke(kmnist_dir):
         assert (cells[2].strip() == "-") == (cells[3].strip() == "-")
     toolkit_s, plain_s = map(float, rows[0][4].split("/"))  # training: seconds per 5,400-image epoch
     assert 0 < toolkit_s < 60 and 0 < plain_s < 60
+
+
+def test_listings_have_json(kmnist_dir):
+    archs = json.loads(run("archs", "--json").output)
+    assert {"name": "lenet5", "params": 61_706}.items() <= archs[0].items()
+    recipes = {r["name"]: r for r in json.loads(run("recipes", "--json").output)}
+    assert recipes["report-alexnet7-sgd"]["mom"] == 0.8
+    info = json.loads(run("data", "info", "--data", kmnist_dir, "--json").output)
+    assert info["train_images"] == 6000 and info["classes"][0] == {"class": 0, "name": "o", "char": "お",
+                                                                   "train": 600, "test": None}
+    assert "--install-completion" in run("--help").output  # shell completion is on

@@ -27,7 +27,7 @@ def note(label: str, style: str, text: str) -> Text:
     """`label` styled, then `text` exactly as given."""
     return Text.assemble((label, style), " ", text)
 
-app = typer.Typer(name="kmnist-fa", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+app = typer.Typer(name="kmnist-fa", no_args_is_help=True, add_completion=True, rich_markup_mode="rich",
                   help="fastai toolkit for Kuzushiji-MNIST and the MNIST family: data, training, lr-find, runs.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, download and preview datasets.")
 models_app = typer.Typer(invoke_without_command=True, help="List saved runs, or show one (`models show NAME`).")
@@ -71,6 +71,16 @@ TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fast
 TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model with --tta, plus the clean pass "
                        "(default 4; the reference ensemble's own setting when it is used).")
 MethodOpt = typer.Option("mean", "--method", help="Combine models by 'mean' of probabilities or majority 'vote'.")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output (JSON on stdout) instead of tables.")
+
+
+def print_json(obj) -> None:
+    """JSON for scripts: exact values, never wrapped or cut to the terminal's width."""
+    import json
+
+    out.print_json(json.dumps(obj, ensure_ascii=False, default=str))
+
+
 SeedOpt = typer.Option(42, "--seed", min=0, help="Seed for TTA's random augmentations and vote tie-breaking: "
                        "the same inputs, runs, options and seed give a byte-identical CSV.")
 SplitOpt = typer.Option("valid", "--split", help="valid: the run's own validation split; test: the dataset's "

@@ -7,18 +7,27 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import DataOpt, data_app, err, friendly, out
+from .common import DataOpt, JsonOpt, data_app, err, friendly, out, print_json
 
 
 @data_app.command("info")
 @friendly
 def data_info(name: Optional[str] = typer.Argument(None, help="Named dataset (default kmnist, or the --data folder)."),
-              data: Optional[Path] = DataOpt):
+              data: Optional[Path] = DataOpt, as_json: bool = JsonOpt):
     """Files, counts, per-class counts, MD5 status and pixel statistics."""
     from ..data import image_stats
     from ..datasets import load_dataset
 
     d = load_dataset(name, data)
+    if as_json:
+        mean, std = image_stats(d.train_x)
+        print_json({**d.provenance(), "train_images": len(d.train_x), "test_images": len(d.test_x),
+                    "test_labelled": d.test_y is not None, "pixel_mean": mean, "pixel_std": std,
+                    "classes": [{"class": i, "name": d.classes[i], "char": d.chars[i] if d.chars else None,
+                                 "train": int((d.train_y == i).sum()),
+                                 "test": None if d.test_y is None else int((d.test_y == i).sum())}
+                                for i in range(d.c)]})
+        return
     t = Table(title=f"{d.name} ({d.root})")
     for c in ("role", "file", "images", "md5", "status"):
         t.add_column(c)

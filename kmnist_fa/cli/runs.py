@@ -1,7 +1,6 @@
 """`kmnist-fa models [show]`: saved runs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -9,13 +8,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import ModelsDirOpt, friendly, models_app, out
+from .common import JsonOpt, ModelsDirOpt, friendly, models_app, out, print_json
 
 
 @models_app.callback()
 @friendly
 def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
-                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+                as_json: bool = JsonOpt):
     """List saved runs, then the reference runs shipped with kmnist-fa (`reference/NAME`): name, arch,
     epochs, valid accuracy, status, date. A run whose run.json does not load is listed as unreadable."""
     if ctx.invoked_subcommand is not None:
@@ -33,13 +32,13 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
         return REFERENCE_PREFIX + r.path.name if is_ref(r) else str(r.path.relative_to(base))
 
     if as_json:
-        out.print_json(json.dumps([
+        print_json([
             {"name": address(r), "path": str(r.path), "status": "unreadable", "error": r.reason}
             if isinstance(r, Unreadable) else
             {"name": address(r), "path": str(r.path), "arch": r.arch, "status": r.status, "epochs_done": r.epochs_done,
              "total_epochs": r.total_epochs, "best": vars(r.best) if r.best else None, "created": r.created,
              "reference": is_ref(r)}
-            for r in rows]))
+            for r in rows])
         return
     t = Table(title=f"runs in {mdir(models_dir)}")
     for c in ("name", "arch", "epochs", "valid acc", "split", "status", "created"):
@@ -64,7 +63,7 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
 
     rec = RunRecord.read(run_path(name, ctx.obj))
     if as_json:
-        out.print_json(json.dumps(rec.to_json()))
+        print_json(rec.to_json())
         return
     t = Table(title=f"run {rec.name}", show_header=False)
     t.add_column("key", style="bold")

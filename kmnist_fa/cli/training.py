@@ -10,13 +10,18 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import OptionError
-from .common import ModelsDirOpt, app, err, friendly, out
+from .common import JsonOpt, ModelsDirOpt, app, err, friendly, out, print_json
 
 
 @app.command("archs")
-def archs():
+def archs(as_json: bool = JsonOpt):
     """List the registered architectures with their parameter counts."""
     from ..models import ARCHS, n_params
+
+    if as_json:
+        print_json([{"name": a.name, "params": n_params(a.build()), "default_bn": a.default_bn,
+                     "default_dropout": a.default_dropout, "description": a.description} for a in ARCHS.values()])
+        return
 
     t = Table(title="architectures")
     for c in ("name", "params", "default bn", "default dropout", "description"):
@@ -126,9 +131,13 @@ def _interrupt_note(how: str):
 
 
 @app.command("recipes")
-def recipes_cmd():
+def recipes_cmd(as_json: bool = JsonOpt):
     """List training recipes: the report's table rows and each architecture's default."""
     from ..recipes import list_recipes
+
+    if as_json:
+        print_json([{"name": name, **r} for name, r in list_recipes().items()])
+        return
 
     t = Table(title="recipes (kmnist-fa train --recipe NAME)")
     for c in ("name", "arch", "epochs", "opt", "lr", "schedule", "aug", "description"):

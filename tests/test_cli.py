@@ -127,3 +127,18 @@ def test_listings_have_json(kmnist_dir):
     assert info["train_images"] == 6000 and info["classes"][0] == {"class": 0, "name": "o", "char": "お",
                                                                    "train": 600, "test": None}
     assert "--install-completion" in run("--help").output  # shell completion is on
+
+
+def test_piped_tables_keep_whole_names_and_numbers(tmp_path):
+    """`COLUMNS=40 kmnist-fa models | grep NAME` finds the run: piped tables take their natural width."""
+    import os
+    import shutil
+
+    from kmnist_fa.runs import reference_dir
+
+    name = "a-long-run-name-lenet5-20261130-073000"
+    shutil.copytree(reference_dir() / "lenet5", tmp_path / name)
+    env = {**os.environ, "COLUMNS": "40"}
+    for args, want in ((["models", "--models-dir", str(tmp_path)], name), (["archs"], "1,922,690")):
+        r = subprocess.run([sys.executable, "-m", "kmnist_fa", *args], capture_output=True, text=True, env=env)
+        assert r.returncode == 0 and any(want in line for line in r.stdout.splitlines()), r.stdout

@@ -7,6 +7,8 @@ import warnings
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
@@ -21,6 +23,22 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes image files; n
 # in one must print as itself; styling is applied with `note()` / Text objects instead.
 out = Console(markup=False)
 err = Console(stderr=True, markup=False)
+
+
+def show(table: Table) -> None:
+    """Print a table without ever cutting a value short.
+
+    Piped or redirected, it is printed at its natural width whatever COLUMNS says, so
+    `kmnist-fa models | grep NAME` finds whole names; on a narrow terminal, cells wrap
+    instead of ending in an ellipsis.
+    """
+    for col in table.columns:
+        col.overflow, col.no_wrap = "fold", False
+    if out.is_terminal:
+        out.print(table)
+    else:
+        natural = Measurement.get(out, out.options.update(width=1 << 16), table).maximum
+        Console(file=out.file, markup=False, width=max(natural, out.width), color_system=None).print(table)
 
 
 def note(label: str, style: str, text: str) -> Text:

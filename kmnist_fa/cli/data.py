@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import DataOpt, JsonOpt, data_app, err, friendly, out, print_json
+from .common import DataOpt, JsonOpt, data_app, err, friendly, out, print_json, show
 
 
 @data_app.command("info")
@@ -37,14 +37,14 @@ def data_info(name: Optional[str] = typer.Argument(None, help="Named dataset (de
         t.add_row(role, Path(f["path"]).name, f"{counts[role]:,}", f["md5"], f["status"])
     if d.test_y is None:
         t.add_row("test_labels", "-", "-", "-", "absent (unlabelled test set)")
-    out.print(t)
+    show(t)
     c = Table(title="images per class")
     for col in ("class", "name", "train", "test"):
         c.add_column(col, justify="right" if col in ("train", "test") else "left")
     for i in range(d.c):
         test = "-" if d.test_y is None else f"{int((d.test_y == i).sum()):,}"
         c.add_row(str(i), d.label(i), f"{int((d.train_y == i).sum()):,}", test)
-    out.print(c)
+    show(c)
     mean, std = image_stats(d.train_x)
     out.print(f"train pixels: mean {mean:.4f}, std {std:.4f} (in [0, 1])")
 

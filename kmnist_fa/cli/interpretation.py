@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import DataOpt, DatasetOpt, ModelsDirOpt, SplitOpt, TtaNOpt, app, err, friendly, note, out
+from .common import (DataOpt, DatasetOpt, ModelsDirOpt, SplitOpt, TtaNOpt, app, err, friendly, note, out,
+                     show)
 
 
 @app.command("interpret")
@@ -39,13 +40,13 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
         t.add_column(c, justify="right" if c == "count" else "left")
     for r in res["most_confused"][:15]:
         t.add_row(r["actual"], r["predicted"], str(r["count"]))
-    out.print(t)
+    show(t)
     p = Table(title=f"per class ({split}, {len(interp.targs):,} images{', TTA' if tta else ''})")
     for c in ("class", "precision", "recall", "f1", "support"):
         p.add_column(c, justify="left" if c == "class" else "right")
     for r in res["per_class"]:
         p.add_row(r["name"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
-    out.print(p)
+    show(p)
     out.print(f"accuracy {res['accuracy']:.4f}, macro-F1 {res['macro_f1']:.4f}; wrote confusion.png, "
               f"top_losses.png, most_confused.csv, per_class.csv, report.html in {target}")
 
@@ -82,4 +83,4 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     for r in results:
         t.add_row(r.name, r.arch, f"{r.n:,}", f"{r.accuracy:.4f}", f"{r.loss:.4f}", str(r.errors),
                   Text("; ".join(r.flags), style="yellow"))
-    out.print(t)
+    show(t)

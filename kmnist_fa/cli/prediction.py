@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import OptionError
 from .common import (DataOpt, DatasetOpt, MethodOpt, ModelsDirOpt, SeedOpt, TtaNOpt, TtaOpt, app, err, friendly,
-                     note, out)
+                     note, out, show)
 
 
 def _members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, dict]:
@@ -118,14 +118,14 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
             t.add_column(c, justify="left" if c in ("model", "arch") else "right")
         for r in res["rows"]:
             t.add_row(r["name"], r["arch"], pct(r["valid_acc"]), pct(r["test_acc"]), pct(r["agreement"]))
-        out.print(t)
+        show(t)
         m = Table(title="pairwise disagreement on the input images")
         m.add_column("")
         for name in res["names"]:
             m.add_column(name, justify="right")
         for name, row in zip(res["names"], res["disagreement"]):
             m.add_row(name, *(f"{v:.2%}" for v in row))
-        out.print(m)
+        show(m)
     for msg in res["notes"]:
         err.print(note("note:", "yellow", msg), highlight=False, soft_wrap=True)
     if heatmap or out_csv:

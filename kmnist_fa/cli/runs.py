@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import JsonOpt, ModelsDirOpt, friendly, models_app, out, print_json
+from .common import JsonOpt, ModelsDirOpt, friendly, models_app, print_json, show
 
 
 @models_app.callback()
@@ -42,7 +42,7 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
         return
     t = Table(title=f"runs in {mdir(models_dir)}")
     for c in ("name", "arch", "epochs", "valid acc", "split", "status", "created"):
-        t.add_column(c, justify="right" if c in ("epochs", "valid acc") else "left", overflow="fold")  # wrap, never cut
+        t.add_column(c, justify="right" if c in ("epochs", "valid acc") else "left")
     for r in rows:
         if isinstance(r, Unreadable):
             t.add_row(address(r), "", "", "", "", Text(f"unreadable: {r.reason}", style="red"), "")
@@ -50,7 +50,7 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
         acc = r.best.accuracy if r.best else None
         t.add_row(address(r), r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
                   r.split_kind, "reference" if is_ref(r) else r.status, r.created[:16].replace("T", " "))
-    out.print(t)
+    show(t)
 
 
 @models_app.command("show")
@@ -84,4 +84,4 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
     rows += [(f"option {k}", str(v)) for k, v in rec.config.flat().items()]
     for k, v in rows:
         t.add_row(k, v)
-    out.print(t)
+    show(t)

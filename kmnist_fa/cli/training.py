@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import OptionError
-from .common import JsonOpt, ModelsDirOpt, app, err, friendly, out, print_json
+from .common import JsonOpt, ModelsDirOpt, app, err, friendly, out, print_json, show
 
 
 @app.command("archs")
@@ -28,7 +28,7 @@ def archs(as_json: bool = JsonOpt):
         t.add_column(c, justify="right" if c == "params" else "left")
     for a in ARCHS.values():
         t.add_row(a.name, f"{n_params(a.build()):,}", str(a.default_bn), str(a.default_dropout), a.description)
-    out.print(t)
+    show(t)
 
 
 
@@ -145,7 +145,7 @@ def recipes_cmd(as_json: bool = JsonOpt):
     for name, r in list_recipes().items():
         t.add_row(name, r.get("arch", ""), str(r.get("epochs", "")), r.get("opt", ""), str(r.get("lr", "lr_find")),
                   r.get("schedule", ""), r.get("aug", ""), r.get("description", ""))
-    out.print(t)
+    show(t)
 
 
 @app.command("lr-find")
@@ -167,7 +167,7 @@ def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (s
     t.add_column("lr", justify="right")
     for k, v in sugg.items():
         t.add_row(k, f"{v:.2e}")
-    out.print(t)
+    show(t)
     out.print(f"plot: {out_file}")
 
 
@@ -245,7 +245,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
                     "-" if r["acc_mean"] is None else f"{r['acc_mean']:.4f}",
                     "-" if r["acc_sd"] is None else f"{r['acc_sd']:.4f}",
                     "-" if r["loss_mean"] is None else f"{r['loss_mean']:.4f}", f"{r['time_s']:.0f}")
-    out.print(tbl)
+    show(tbl)
     failed = {k: v for k, v in outcome.items() if v.startswith(("failed", "unreadable"))}
     for k, v in failed.items():
         err.print(Text(f"{k}: {v}", style="red"), highlight=False, soft_wrap=True)

@@ -61,7 +61,11 @@ def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 8, cell: 
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, (cell + 0.25 * title_size / 9) * nrows), squeeze=False)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    title_h = lines * title_size * 1.6 / 72  # inches each row's title needs above its image
+    # constrained layout reserves each title's own height, so a row's titles never reach into the row above
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, (cell + title_h) * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles):
@@ -69,9 +73,6 @@ def image_grid(images: np.ndarray, titles: Sequence[str], ncols: int = 8, cell: 
         ax.set_title(title, fontsize=title_size)
     if suptitle:
         fig.suptitle(suptitle)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # keep the row titles clear of it
-    else:
-        fig.tight_layout()
     return fig
 
 

@@ -78,3 +78,16 @@ class RichProgress(Callback):
         if log and isinstance(log[0], int):  # a result row, not the header
             log = [self._run_epochs()[0] + log[0], *log[1:]]
         self.console.print("  ".join(f"{_fmt(v):>11}" for v in log), highlight=False)
+
+
+class ImagesSeen(Callback):
+    """Reports the images in each inference batch (every TTA pass counts), for a progress bar."""
+
+    order = 100
+
+    def __init__(self, report):
+        self.report = report
+
+    def after_batch(self):
+        if not self.training:
+            self.report(len(self.learn.xb[0]))

@@ -114,3 +114,38 @@ def test_evaluate_and_interpret_cli(lenet_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert {p.name for p in (tmp_path / "i").iterdir()} == {"confusion.png", "top_losses.png", "most_confused.csv",
                                                             "per_class.csv", "report.html"}
+
+
+@pytest.mark.parametrize("k", [16, 24])
+def test_top_losses_titles_never_cover_images(interp_out, k):
+    """Two-line titles ("お o / き ki" and "loss / prob") stay clear of the row of images above them."""
+    from kmnist_fa.interpret import plot_top_losses
+    from kmnist_fa.plots import plt
+
+    run, interp, _, _ = interp_out
+    fig = plot_top_losses(interp, [run.record.label(i) for i in range(10)], k)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    axes = [a for a in fig.axes if a.images]
+    boxes = [a.images[0].get_window_extent(r) for a in axes] + [a.title.get_window_extent(r) for a in axes]
+    boxes.append(fig._suptitle.get_window_extent(r))
+    clash = [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[i + 1:], i + 1)
+             if a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1]
+    plt.close(fig)
+    assert len(axes) == k and not clash, clash
+
+
+def test_curves_of_a_full_run_say_there_is_no_validation(tmp_path, monkeypatch):
+    from kmnist_fa.checkpoint import plot_curves
+    from kmnist_fa.plots import plt
+
+    hist = [{"epoch": i, "train_loss": 1.0 / (i + 1), "valid_loss": None, "accuracy": None} for i in range(3)]
+    saved, texts = plt.Figure.savefig, []
+
+    def spy(fig, *a, **kw):
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        return saved(fig, *a, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    assert plot_curves(tmp_path, hist).exists()
+    assert any("no validation split" in t for t in texts)

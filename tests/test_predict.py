@@ -198,3 +198,25 @@ def test_tta_predictions_repeat_byte_for_byte(lenet_run, kmnist_dir, tmp_path):
                                 "--data", str(kmnist_dir), "--out", str(tmp_path / f"e{i}.csv")])
         assert r.exit_code == 0, r.output
     assert (tmp_path / "e0.csv").read_bytes() == (tmp_path / "e1.csv").read_bytes()
+
+
+def test_inference_progress_counts_every_pass(loaded, valid, monkeypatch):
+    """The bar of predict/ensemble/evaluate/interpret: every image of every TTA pass, shown on a terminal only."""
+    import io
+
+    from rich.console import Console
+
+    from kmnist_fa.cli import common
+
+    x = valid[0][:100]
+    term = io.StringIO()
+    monkeypatch.setattr(common, "err", Console(file=term, force_terminal=True, width=100))
+    n_cbs = len(loaded.learn.cbs)
+    with common.inference_progress([loaded], quiet=False, total=300):
+        predict_probs(loaded, x, tta=True, n=2)
+        seen = [cb for cb in loaded.learn.cbs if type(cb).__name__ == "ImagesSeen"]
+        assert len(seen) == 1
+    assert len(loaded.learn.cbs) == n_cbs and "300/300" in term.getvalue()
+    monkeypatch.setattr(common, "err", Console(file=io.StringIO(), force_terminal=False))
+    with common.inference_progress([loaded], quiet=False):  # piped: no bar, no callback
+        assert len(loaded.learn.cbs) == n_cbs

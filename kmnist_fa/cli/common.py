@@ -1,6 +1,7 @@
 """What every command shares: the typer apps, the consoles, error handling and option declarations."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -39,6 +40,32 @@ def show(table: Table) -> None:
     else:
         natural = Measurement.get(out, out.options.update(width=1 << 16), table).maximum
         Console(file=out.file, markup=False, width=max(natural, out.width), color_system=None).print(table)
+
+
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar (there is none when output is not a terminal).")
+
+
+@contextlib.contextmanager
+def inference_progress(members, quiet: bool, total: int | None = None):
+    """A bar over the images the runs predict (each TTA pass counts), on a terminal and unless quiet."""
+    if quiet or not err.is_terminal:
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..progress import ImagesSeen
+
+    with Progress(TextColumn("predicting images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as prog:
+        task = prog.add_task("predict", total=total)
+        cbs = [ImagesSeen(lambda n: prog.advance(task, n)) for _ in members]
+        for m, cb in zip(members, cbs):
+            m.learn.add_cb(cb)
+        try:
+            yield
+        finally:
+            for m, cb in zip(members, cbs):
+                m.learn.remove_cb(cb)
 
 
 def note(label: str, style: str, text: str) -> Text:

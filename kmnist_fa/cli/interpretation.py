@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import (DataOpt, DatasetOpt, ModelsDirOpt, SplitOpt, TtaNOpt, app, err, friendly, note, out,
-                     show)
+from .common import (DataOpt, DatasetOpt, ModelsDirOpt, QuietOpt, SplitOpt, TtaNOpt, app, err, friendly,
+                     inference_progress, note, out, show)
 
 
 @app.command("interpret")
@@ -22,7 +22,7 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
                   top_k: int = typer.Option(16, "--top-k", min=1, max=64, help="Images in the top-losses grid."),
                   out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
                                                          "(default: models/RUN/interpret/)."),
-                  models_dir: Optional[Path] = ModelsDirOpt,
+                  models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
                   cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
     """Confusion matrix, top losses, most-confused pairs, per-class metrics and an HTML report."""
     from ..inference import load_run, run_data
@@ -30,7 +30,8 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
 
     run = load_run(run_name, models_dir, cpu=cpu)
     d = run_data(run, data, dataset)
-    interp, notes = interpret(run, d, split, tta, tta_n or 4)
+    with inference_progress([run], quiet):
+        interp, notes = interpret(run, d, split, tta, tta_n or 4)
     target = out_dir or run.path / "interpret"
     res = write_interpretation(run, interp, target, split, tta, notes, top_k)
     for msg in notes:
@@ -58,7 +59,7 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
                  tta: bool = typer.Option(False, "--tta/--no-tta", help="Predict with fastai tta."),
                  tta_n: Optional[int] = TtaNOpt,
                  as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-                 models_dir: Optional[Path] = ModelsDirOpt,
+                 models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
                  cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
     """Accuracy, loss and error count of runs on a split; flags runs trained on other data or splits."""
     from dataclasses import asdict
@@ -69,7 +70,8 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     results, splits = [], set()
     for name in run_names:
         run = load_run(name, models_dir, cpu=cpu)
-        results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n or 4))
+        with inference_progress([run], quiet):
+            results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n or 4))
         splits.add((run.record.data.fingerprint, run.split()))
     if split == "valid" and len(splits) > 1:
         for r in results:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import OptionError
 from .common import (DataOpt, DatasetOpt, MethodOpt, ModelsDirOpt, SeedOpt, TtaNOpt, TtaOpt, app, err, friendly,
-                     note, out, show)
+                     QuietOpt, inference_progress, note, out, show)
 
 
 def _members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, dict]:
@@ -51,7 +51,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
                 out_csv: Optional[Path] = typer.Option(None, "--out", help="Write the Kaggle submission "
                                                        "(Id,Category) here."),
                 probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write per-class probabilities."),
-                models_dir: Optional[Path] = ModelsDirOpt,
+                models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
                 cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
     """Predict classes for images; several --model runs are ensembled. Writes Id,Category CSVs."""
     from ..ensemble import check_members, combine, member_probs, write_probs, write_submission
@@ -66,7 +66,9 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
         err.print(note("warning:", "yellow", e), highlight=False, soft_wrap=True)
     if len(got.images) == 0:
         raise OptionError("INPUT: no readable images")
-    probs = combine(member_probs(members, got.images, use_tta, tta_n, seed), method, seed)
+    total = len(members) * len(got.images) * ((tta_n + 1) if use_tta else 1)
+    with inference_progress(members, quiet, total):
+        probs = combine(member_probs(members, got.images, use_tta, tta_n, seed), method, seed)
     if out_csv:
         write_submission(out_csv, got.ids, probs)
         out.print(f"wrote {out_csv} ({len(got.ids):,} rows, {len(members)} model(s), "
@@ -93,7 +95,7 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
                  heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Pairwise disagreement heatmap PNG "
                                                         "(default: beside --out, else not drawn)."),
                  as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
-                 models_dir: Optional[Path] = ModelsDirOpt,
+                 models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
                  cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
     """Combine runs (mean or vote, optional TTA): per-member accuracy and agreement, submission CSV."""
     from ..ensemble import analyse, disagreement_heatmap, write_probs, write_submission
@@ -107,7 +109,8 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
         images, labels, ids = got.images, got.labels, got.ids
     else:
         images, labels, ids = d.test_x, d.test_y, [str(i) for i in range(len(d.test_x))]
-    res = analyse(members, d, images, labels, method, tta, tta_n or 4, seed)
+    with inference_progress(members, quiet):
+        res = analyse(members, d, images, labels, method, tta, tta_n or 4, seed)
     if as_json:
         out.print_json(json.dumps({k: res[k] for k in ("rows", "names", "notes", "shared_split")}
                                   | {"disagreement": res["disagreement"].tolist()}))

@@ -220,3 +220,15 @@ def test_inference_progress_counts_every_pass(loaded, valid, monkeypatch):
     monkeypatch.setattr(common, "err", Console(file=io.StringIO(), force_terminal=False))
     with common.inference_progress([loaded], quiet=False):  # piped: no bar, no callback
         assert len(loaded.learn.cbs) == n_cbs
+
+
+def test_predict_json(lenet_run, valid, tmp_path):
+    import json
+
+    from PIL import Image
+
+    Image.fromarray(valid[0][0]).save(tmp_path / "a.png")
+    r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-m", str(lenet_run.path), "--json"])
+    rows = json.loads(r.stdout)
+    assert r.exit_code == 0 and rows[0]["id"] == "a.png" and rows[0]["name"] == lenet_run.record.classes[rows[0]["class"]]
+    assert 0.1 < rows[0]["prob"] <= 1

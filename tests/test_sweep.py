@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -99,5 +100,10 @@ def test_sweep_cli(kmnist, tmp_path):
                                  str(tmp_path / "best.toml")])
     assert r.exit_code == 0, r.output
     assert "lr-0.003" in r.output and (tmp_path / "best.toml").exists() and (tmp_path / "cli" / "sweep.png").exists()
+    r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr=3e-3", "--epochs", "1", "--data", str(kmnist.root),
+                                 "--models-dir", str(tmp_path), "--name", "cli", "--json"])  # all finished: skipped
+    res = json.loads(r.stdout)
+    assert r.exit_code == 0 and res["outcome"] == {"lr-0.003-holdout": "skipped"}
+    assert res["results"][0]["acc_mean"] > 0.5 and res["best_recipe"].endswith("best.toml")
     r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr", "--models-dir", str(tmp_path)])
     assert r.exit_code == 2 and "expected NAME=V1,V2" in r.output

@@ -1,7 +1,6 @@
 """`kmnist-fa interpret|evaluate`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -9,8 +8,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import (DataOpt, DatasetOpt, ModelsDirOpt, QuietOpt, SplitOpt, TtaNOpt, app, err, friendly,
-                     inference_progress, note, out, show)
+from .common import (DataOpt, DatasetOpt, JsonOpt, ModelsDirOpt, QuietOpt, SplitOpt, TtaNOpt, app, err, friendly,
+                     inference_progress, note, out, print_json, show)
 
 
 @app.command("interpret")
@@ -58,7 +57,7 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
                  dataset: Optional[str] = DatasetOpt, data: Optional[Path] = DataOpt, split: str = SplitOpt,
                  tta: bool = typer.Option(False, "--tta/--no-tta", help="Predict with fastai tta."),
                  tta_n: Optional[int] = TtaNOpt,
-                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+                 as_json: bool = JsonOpt,
                  models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
                  cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
     """Accuracy, loss and error count of runs on a split; flags runs trained on other data or splits."""
@@ -77,7 +76,7 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
         for r in results:
             r.flags.append("runs were validated on different splits: accuracies are not comparable")
     if as_json:
-        out.print_json(json.dumps([asdict(r) for r in results]))
+        print_json([asdict(r) for r in results])
         return
     t = Table(title=f"evaluation on the {split} split{' with TTA' if tta else ''}")
     for c in ("run", "arch", "images", "accuracy", "loss", "errors", "flags"):

@@ -1,7 +1,6 @@
 """`kmnist-fa predict|ensemble|serve`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +9,7 @@ from rich.table import Table
 
 from ..errors import OptionError
 from .common import (DataOpt, DatasetOpt, MethodOpt, ModelsDirOpt, SeedOpt, TtaNOpt, TtaOpt, app, err, friendly,
-                     QuietOpt, inference_progress, note, out, show)
+                     JsonOpt, QuietOpt, inference_progress, note, out, print_json, show)
 
 
 def _members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, dict]:
@@ -51,7 +50,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
                 out_csv: Optional[Path] = typer.Option(None, "--out", help="Write the Kaggle submission "
                                                        "(Id,Category) here."),
                 probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write per-class probabilities."),
-                models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
+                models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt, as_json: bool = JsonOpt,
                 cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
     """Predict classes for images; several --model runs are ensembled. Writes Id,Category CSVs."""
     from ..ensemble import check_members, combine, member_probs, write_probs, write_submission
@@ -76,8 +75,12 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
     if probs_csv:
         write_probs(probs_csv, got.ids, probs, classes)
         out.print(f"wrote {probs_csv}")
-    if not out_csv and not probs_csv:
-        out.print(_class_table(got.ids, probs, members))
+    if as_json:
+        chars = members[0].chars
+        print_json([{"id": i, "class": int(c), "name": classes[c], "char": chars[c] if chars else None,
+                     "prob": round(float(p[c]), 6)} for i, p, c in zip(got.ids, probs, probs.argmax(1).tolist())])
+    elif not out_csv and not probs_csv:
+        show(_class_table(got.ids, probs, members))
     if got.errors:
         raise typer.Exit(1)
 
@@ -94,7 +97,7 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
                  probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write its probabilities."),
                  heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Pairwise disagreement heatmap PNG "
                                                         "(default: beside --out, else not drawn)."),
-                 as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+                 as_json: bool = JsonOpt,
                  models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
                  cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
     """Combine runs (mean or vote, optional TTA): per-member accuracy and agreement, submission CSV."""
@@ -112,8 +115,8 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     with inference_progress(members, quiet):
         res = analyse(members, d, images, labels, method, tta, tta_n or 4, seed)
     if as_json:
-        out.print_json(json.dumps({k: res[k] for k in ("rows", "names", "notes", "shared_split")}
-                                  | {"disagreement": res["disagreement"].tolist()}))
+        print_json({k: res[k] for k in ("rows", "names", "notes", "shared_split")}
+                   | {"disagreement": res["disagreement"].tolist()})
     else:
         pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
         t = Table(title=f"ensemble of {len(members)} on {d.name}: {len(images):,} input images")

@@ -191,7 +191,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
               save_recipe: Optional[Path] = typer.Option(None, "--save-recipe", help="Also write the best config "
                                                          "as a recipe .toml here (always written to "
                                                          "models/NAME/best.toml)."),
-              models_dir: Optional[Path] = ModelsDirOpt, **opts):
+              as_json: bool = JsonOpt, models_dir: Optional[Path] = ModelsDirOpt, **opts):
     """Line or grid search over k folds; resumable; results table, CSV, plot and best recipe."""
     import threading
 
@@ -237,18 +237,21 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         from ..atomic import write_text
 
         write_text(save_recipe, best.read_text())
-    tbl = Table(title=f"sweep {sweep_name} ({mode}): {sw.describe(outcome)}")
-    for c in ("config", "folds", "valid acc", "± sd", "valid loss", "time s"):
-        tbl.add_column(c, justify="left" if c == "config" else "right")
-    for r in rows:
-        tbl.add_row(r["config"], f"{r['folds_done']}/{r['folds']}",
-                    "-" if r["acc_mean"] is None else f"{r['acc_mean']:.4f}",
-                    "-" if r["acc_sd"] is None else f"{r['acc_sd']:.4f}",
-                    "-" if r["loss_mean"] is None else f"{r['loss_mean']:.4f}", f"{r['time_s']:.0f}")
-    show(tbl)
+    if as_json:
+        print_json({"outcome": outcome, "results": rows, "best_recipe": str(best) if best else None})
+    else:
+        tbl = Table(title=f"sweep {sweep_name} ({mode}): {sw.describe(outcome)}")
+        for c in ("config", "folds", "valid acc", "± sd", "valid loss", "time s"):
+            tbl.add_column(c, justify="left" if c == "config" else "right")
+        for r in rows:
+            tbl.add_row(r["config"], f"{r['folds_done']}/{r['folds']}",
+                        "-" if r["acc_mean"] is None else f"{r['acc_mean']:.4f}",
+                        "-" if r["acc_sd"] is None else f"{r['acc_sd']:.4f}",
+                        "-" if r["loss_mean"] is None else f"{r['loss_mean']:.4f}", f"{r['time_s']:.0f}")
+        show(tbl)
+        out.print(f"wrote {root / 'results.csv'}, {plot_path}" + (f", {best}" if best else ""))
     failed = {k: v for k, v in outcome.items() if v.startswith(("failed", "unreadable"))}
     for k, v in failed.items():
         err.print(Text(f"{k}: {v}", style="red"), highlight=False, soft_wrap=True)
-    out.print(f"wrote {root / 'results.csv'}, {plot_path}" + (f", {best}" if best else ""))
     if failed:
         raise typer.Exit(1)

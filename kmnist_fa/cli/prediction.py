@@ -53,21 +53,36 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
                 models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt, as_json: bool = JsonOpt,
                 cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
     """Predict classes for images; several --model runs are ensembled. Writes Id,Category CSVs."""
+    import torch
+
     from ..ensemble import check_members, combine, member_probs, write_probs, write_submission
     from ..images import collect_inputs
 
-    members, defaults = _members(model, models_dir, cpu)
-    classes = check_members(members)
-    use_tta = tta if tta is not None else defaults["tta"]
-    tta_n = tta_n or defaults.get("tta_n", 4)
+    onnx = [m for m in model or [] if m.endswith(".onnx")]
+    if onnx and (len(model) > 1 or tta):
+        raise OptionError("--model FILE.onnx: predicts alone and without TTA (export several runs into one "
+                          "graph with `kmnist-fa export RUN RUN`)")
+    if onnx:
+        from ..runtime import OnnxClassifier
+
+        members, use_tta = [OnnxClassifier(onnx[0])], False
+        classes = members[0].classes
+    else:
+        members, defaults = _members(model, models_dir, cpu)
+        classes = check_members(members)
+        use_tta = tta if tta is not None else defaults["tta"]
+        tta_n = tta_n or defaults.get("tta_n", 4)
     got = collect_inputs(inputs, invert)
     for e in got.errors:
         err.print(note("warning:", "yellow", e), highlight=False, soft_wrap=True)
     if len(got.images) == 0:
         raise OptionError("INPUT: no readable images")
-    total = len(members) * len(got.images) * ((tta_n + 1) if use_tta else 1)
-    with inference_progress(members, quiet, total):
-        probs = combine(member_probs(members, got.images, use_tta, tta_n, seed), method, seed)
+    if onnx:
+        probs = torch.from_numpy(members[0].predict_probs(got.images))
+    else:
+        total = len(members) * len(got.images) * ((tta_n + 1) if use_tta else 1)
+        with inference_progress(members, quiet, total):
+            probs = combine(member_probs(members, got.images, use_tta, tta_n, seed), method, seed)
     if out_csv:
         write_submission(out_csv, got.ids, probs)
         out.print(f"wrote {out_csv} ({len(got.ids):,} rows, {len(members)} model(s), "
@@ -171,3 +186,24 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
     err.print(f"serving {', '.join(m.name for m in members)} on http://{host}:{port}/ (Ctrl-C stops)",
               highlight=False)
     uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning")
+
+
+@app.command("export")
+@friendly
+def export_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", help="Run(s) to export; several "
+                                                    "become one graph averaging their probabilities."),
+               out_file: Path = typer.Option(..., "--out", help="File to write (e.g. model.onnx)."),
+               fmt: str = typer.Option("onnx", "--format", help="onnx (portable; `predict --model FILE.onnx` "
+                                       "runs it without torch), torchscript, safetensors (one run's weights)."),
+               models_dir: Optional[Path] = ModelsDirOpt):
+    """Export runs with their normalisation built in: raw [0, 255] images in, logits and probabilities out."""
+    try:
+        from ..export import export
+    except ImportError as e:
+        raise OptionError(f'export needs the export extra: pip install "kmnist-fa[export]" ({e.name} missing)') from None
+    from ..inference import load_run
+
+    members = [load_run(r, models_dir, cpu=True) for r in run_names]
+    path = export(members, out_file, fmt)
+    out.print(f"wrote {path} ({fmt}, {len(members)} run(s): {', '.join(m.name for m in members)})")
+

@@ -1,0 +1,94 @@
+"""Export: ONNX, TorchScript and safetensors agree with `predict --no-tta`; the ONNX runtime needs no torch."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+
+from kmnist_fa.cli import app  # noqa: E402
+from kmnist_fa.export import export  # noqa: E402
+from kmnist_fa.inference import load_run, predict_probs  # noqa: E402
+from kmnist_fa.runs import reference_runs  # noqa: E402
+from kmnist_fa.runtime import OnnxClassifier  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("path", reference_runs(), ids=lambda p: p.name)
+def test_onnx_and_torchscript_match_predict_on_all_labelled_images(path, kmnist, tmp_path):
+    run = load_run(path, cpu=True)
+    ref = predict_probs(run, kmnist.train_x).numpy()
+    onnx_probs = OnnxClassifier(export([run], tmp_path / "m.onnx", "onnx")).predict_probs(kmnist.train_x)
+    ts = torch.jit.load(str(export([run], tmp_path / "m.pt", "torchscript")))
+    with torch.inference_mode():
+        ts_probs = torch.cat([ts(torch.from_numpy(b))[1] for b in np.array_split(kmnist.train_x, 24)]).numpy()
+    for got in (onnx_probs, ts_probs):
+        assert (got.argmax(1) == ref.argmax(1)).all() and np.abs(got - ref).max() <= 1e-4
+
+
+def test_safetensors_round_trip_and_metadata(tmp_path):
+    from safetensors import safe_open
+
+    run = load_run(reference_runs()[0], cpu=True)
+    f = export([run], tmp_path / "m.safetensors", "safetensors")
+    with safe_open(str(f), "pt") as st:
+        meta = st.metadata()
+        got = {k: st.get_tensor(k) for k in st.keys()}
+    sd = run.learn.model.state_dict()
+    assert all(torch.equal(got[f"models.0.{k}"], v) for k, v in sd.items())
+    assert json.loads(meta["kmnist_fa.classes"]) == run.classes
+    assert json.loads(meta["kmnist_fa.members"])[0]["name"] == run.name
+
+
+def test_ensemble_graph_and_cli(kmnist, tmp_path):
+    from kmnist_fa.formats import write_idx
+
+    runs = [str(p) for p in reference_runs() if p.name in ("lenet5", "alexnet5")]
+    r = runner.invoke(app, ["export", *runs, "--out", str(tmp_path / "ens.onnx")])
+    assert r.exit_code == 0, r.output
+    clf = OnnxClassifier(tmp_path / "ens.onnx")
+    assert [m["name"] for m in clf.members] == [Path(p).name for p in runs]
+    write_idx(tmp_path / "x-idx3-ubyte", kmnist.test_x[:1000])
+    args = ["predict", str(tmp_path / "x-idx3-ubyte")]
+    r1 = runner.invoke(app, [*args, "-m", str(tmp_path / "ens.onnx"), "--out", str(tmp_path / "a.csv")])
+    r2 = runner.invoke(app, [*args, "-m", runs[0], "-m", runs[1], "--no-tta", "--out", str(tmp_path / "b.csv")])
+    assert r1.exit_code == r2.exit_code == 0, r1.output + r2.output
+    a, b = (tmp_path / "a.csv").read_text().splitlines(), (tmp_path / "b.csv").read_text().splitlines()
+    assert len(a) == 1001 and a == b  # the graph's mean of probabilities is the ensemble's
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    r = runner.invoke(app, [*args, "-m", str(tmp_path / "bad.onnx")])
+    assert r.exit_code == 2 and "not a loadable ONNX model" in r.output
+    r = runner.invoke(app, [*args, "-m", str(tmp_path / "ens.onnx"), "--tta"])
+    assert r.exit_code == 2 and "without TTA" in r.output
+
+
+def test_runtime_classifies_without_torch(kmnist, kmnist_dir, tmp_path):
+    run = load_run(reference_runs()[-1], cpu=True)
+    model = export([run], tmp_path / "m.onnx", "onnx")
+    Image.fromarray(255 - kmnist.train_x[5]).resize((84, 84)).save(tmp_path / "char.png")  # dark on light, larger
+    code = (
+        "import sys, json; sys.modules['torch'] = None; sys.modules['fastai'] = None\n"
+        "from kmnist_fa.runtime import classify\n"
+        f"rows = classify({str(model)!r}, [{str(tmp_path / 'char.png')!r}])\n"
+        f"rows += classify({str(model)!r}, [{str(kmnist_dir / 't10k-images-idx3-ubyte.gz')!r}])[:50]\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print(json.dumps(rows))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)
+    from kmnist_fa.images import read_image
+
+    want = predict_probs(run, read_image(tmp_path / "char.png")[None]).argmax(1).item()
+    test = predict_probs(run, kmnist.test_x[:50]).argmax(1).tolist()
+    assert rows[0]["id"] == "char.png" and rows[0]["class"] == want
+    assert [row["class"] for row in rows[1:]] == test and rows[1]["id"] == "0"

@@ -89,7 +89,7 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
     if n_params(model) != rec.n_params:
         raise RunError(f"{path / runs.RUN_FILE}: records {rec.n_params:,} parameters but {m.arch} "
                        f"builds {n_params(model):,}; the architecture changed since this run was saved")
-    state = runs.load_state(path / runs.MODEL_FILE)
+    state = _hub_state(path) if runs.is_hub_folder(path) else runs.load_state(path / runs.MODEL_FILE)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -101,6 +101,19 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
     learn.remove_cb(ProgressCallback)
     learn.logger = noop
     return LoadedRun(rec.name, path, rec, learn)
+
+
+def _hub_state(path: Path) -> dict:
+    """The state_dict of an exported hub folder (safetensors: tensors only, never code)."""
+    f = path / runs.HUB_WEIGHTS
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise RunError(f'{f}: reading it needs safetensors: pip install "kmnist-fa[export]"') from None
+    try:
+        return load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise RunError(f"{f}: corrupt safetensors file ({type(e).__name__})") from None
 
 
 def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int = 4,

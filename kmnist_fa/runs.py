@@ -35,6 +35,7 @@ from .errors import KmnistError, OptionError, RunError
 FORMAT_VERSION = 2
 MODEL_FILE, RUN_FILE, CKPT_FILE, HISTORY_FILE, CURVES_FILE = (
     "model.pth", "run.json", "checkpoint.pth", "history.csv", "curves.png")
+HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"  # `kmnist-fa export --format hub` folders
 MAX_RUN_JSON = 16 << 20  # far above any real run.json (a 200-epoch run is ~60 KB)
 MAX_ITEMS = 100_000  # entries in any one list of run.json
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -60,7 +61,7 @@ def default_name(arch: str) -> str:
 def run_path(name_or_path: str | Path, root: str | Path | None = None) -> Path:
     """A run folder from a path, a name in the models dir, or `reference/NAME` for a shipped run."""
     p = Path(name_or_path)
-    if p.is_dir() and (p / RUN_FILE).exists():
+    if p.is_dir() and ((p / RUN_FILE).exists() or is_hub_folder(p)):
         return p
     q = models_dir(root) / str(name_or_path)
     if q.is_dir():
@@ -323,9 +324,11 @@ class RunRecord:
 
     @classmethod
     def read(cls, path: str | Path) -> "RunRecord":
-        """The record of a run folder; a missing, oversized, corrupt or invalid run.json is a RunError."""
+        """The record of a run folder (or of an exported hub folder, whose config.json holds it under `run`);
+        a missing, oversized, corrupt or invalid record is a RunError."""
         path = Path(path)
-        f = path / RUN_FILE
+        hub = is_hub_folder(path)
+        f = path / (HUB_CONFIG if hub else RUN_FILE)
         try:
             with open(f, "rb") as fh:
                 raw = fh.read(MAX_RUN_JSON + 1)
@@ -341,6 +344,10 @@ class RunRecord:
             raise RunError(f"{f}: corrupt JSON ({str(e)[:120]})") from None
         except RecursionError:
             raise RunError(f"{f}: nested too deeply") from None
+        if hub:
+            if not isinstance(d, dict) or not isinstance(d.get("run"), dict):
+                raise RunError(f"{f}: not a kmnist-fa export (no 'run' record)")
+            d = d["run"]
         return cls.from_json(d, f, path)
 
     def write(self, path: str | Path | None = None) -> Path:
@@ -396,6 +403,10 @@ def _migrate_1(d: dict) -> dict:
 
 
 _MIGRATIONS = {1: _migrate_1}
+
+
+def is_hub_folder(path: Path) -> bool:
+    return not (path / RUN_FILE).exists() and (path / HUB_CONFIG).is_file() and (path / HUB_WEIGHTS).is_file()
 
 
 # --------------------------------------------------------------------------- listing and locking

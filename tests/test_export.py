@@ -92,3 +92,29 @@ def test_runtime_classifies_without_torch(kmnist, kmnist_dir, tmp_path):
     test = predict_probs(run, kmnist.test_x[:50]).argmax(1).tolist()
     assert rows[0]["id"] == "char.png" and rows[0]["class"] == want
     assert [row["class"] for row in rows[1:]] == test and rows[1]["id"] == "0"
+
+
+def test_hub_folder_round_trip_card_and_offline_push(kmnist, tmp_path, monkeypatch):
+    from kmnist_fa.formats import write_idx
+    from kmnist_fa.runs import RunRecord
+
+    ref = reference_runs()[-1]  # lenet5
+    r = runner.invoke(app, ["export", str(ref), "--format", "hub", "--out", str(tmp_path / "hub")])
+    assert r.exit_code == 0, r.output
+    hub = tmp_path / "hub"
+    assert sorted(p.name for p in hub.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    cfg = json.loads((hub / "config.json").read_text())
+    assert (cfg["arch"], cfg["n_classes"]) == ("lenet5", 10) and RunRecord.read(hub) == RunRecord.read(ref)
+    card = (hub / "README.md").read_text()
+    assert "license: cc-by-sa-4.0" in card and "doi:10.20676/00000341" in card and "お o" in card
+    write_idx(tmp_path / "x-idx3-ubyte", kmnist.test_x[:500])
+    for m, name in ((hub, "a"), (ref, "b")):
+        r = runner.invoke(app, ["predict", str(tmp_path / "x-idx3-ubyte"), "-m", str(m), "--tta", "--tta-n", "2",
+                                "--probs", str(tmp_path / f"{name}.csv")])
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()  # same weights, same seeded TTA
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = runner.invoke(app, ["export", str(ref), "--format", "hub", "--out", str(tmp_path / "hub2"), "--push", "me/x"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: --push me/x: upload failed") and r.stderr.count("\n") == 1
+    r = runner.invoke(app, ["export", str(ref), "--format", "hub", "--out", str(hub)])
+    assert r.exit_code == 2 and "not an empty folder" in r.output

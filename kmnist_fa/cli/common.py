@@ -22,8 +22,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes image files; n
 # One rule for terminal output: nothing printed is ever parsed as Rich markup. Paths, run
 # names, class names and error messages come from users and files, and "[/]" or "[copy]"
 # in one must print as itself; styling is applied with `note()` / Text objects instead.
-out = Console(markup=False)
-err = Console(stderr=True, markup=False)
+out = Console(markup=False, soft_wrap=True)  # long lines are for the terminal to wrap, not us
+err = Console(stderr=True, markup=False, soft_wrap=True)
 
 
 def show(table: Table) -> None:

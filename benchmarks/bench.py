@@ -13,7 +13,10 @@ median (min-max):
    against the same steps by hand (heavy has no hand-written twin);
 3. inference on the unlabelled test images: a plain torch forward pass, the toolkit
    without and with TTA, and the default reference model;
-4. peak RSS, in every table.
+4. export (with the `export` extra): the ONNX model through the torch-free
+   `kmnist_fa.runtime` against the plain torch forward pass, at batch 256 and batch 1,
+   and the installed size of each stack's packages;
+5. peak RSS, in every table.
 
     python benchmarks/bench.py                 # CPU, KMNIST-10k and Fashion-MNIST
     python benchmarks/bench.py --device cuda
@@ -41,6 +44,15 @@ INFER_ARCH, TTA_N = "alexnet5", 4
 
 
 def _rss_mb() -> float:
+    """This process's peak RSS. Linux's VmHWM belongs to the process image, while ru_maxrss carries the
+    peak of the parent it was forked from across exec (so a child of a process holding torch never
+    reads below that)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -235,6 +247,7 @@ def infer_plain(kind: str, folder: str, limit: int | None, device: str) -> dict:
 
     path = reference_dir() / INFER_ARCH
     rec = RunRecord.read(path)
+    bs = 1 if kind == "batch1" else 256
     model = create_model(rec.arch, len(rec.classes)).to(device).eval()
     model.load_state_dict(torch.load(path / "model.pth", weights_only=True, map_location=device))
     x = torch.from_numpy(load_dataset(data=folder).test_x[:limit])[:, None]
@@ -242,7 +255,7 @@ def infer_plain(kind: str, folder: str, limit: int | None, device: str) -> dict:
 
     def forward(imgs):
         with torch.inference_mode():
-            return [model((b.to(device).float().div_(255) - mean) / std).softmax(1).cpu() for b in imgs.split(256)]
+            return [model((b.to(device).float().div_(255) - mean) / std).softmax(1).cpu() for b in imgs.split(bs)]
 
     forward(x[:WARM])
     _sync(device)
@@ -251,15 +264,61 @@ def infer_plain(kind: str, folder: str, limit: int | None, device: str) -> dict:
     return {"seconds": time.perf_counter() - t, "images": len(x)}
 
 
+def onnx_file() -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"kmnist-fa-bench-{INFER_ARCH}.onnx"
+
+
+def infer_onnx(kind: str, folder: str, limit: int | None, device: str) -> dict:
+    """The exported ONNX model through kmnist_fa.runtime (onnxruntime, CPU), in a process without torch."""
+    from kmnist_fa.datasets import load_dataset
+    from kmnist_fa.runtime import OnnxClassifier
+
+    clf, bs = OnnxClassifier(onnx_file()), 1 if kind == "batch1" else 256
+    x = load_dataset(data=folder).test_x[:limit]
+    clf.predict_probs(x[:WARM], bs)
+    t = time.perf_counter()
+    clf.predict_probs(x, bs)
+    return {"seconds": time.perf_counter() - t, "images": len(x)}
+
+
+def installed_mb(roots: list[str]) -> tuple[float, list[str]]:
+    """MB on disk of these distributions and everything they require, as installed here."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen, todo, total = set(), list(roots), 0
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        total += sum(p.locate().stat().st_size for p in dist.files or [] if p.locate().exists())
+        for req in dist.requires or []:
+            r = Requirement(req)
+            if r.marker is None or r.marker.evaluate({"extra": ""}):
+                todo.append(r.name)
+    return total / 2**20, sorted(seen)
+
+
 MEASURES = {"train": train_toolkit, "train-plain": train_plain, "data": data_toolkit, "data-plain": data_plain,
-            "infer": infer_toolkit, "infer-plain": infer_plain}
+            "infer": infer_toolkit, "infer-plain": infer_plain, "onnx": infer_onnx}
 
 
 def one(args) -> None:
     warnings.filterwarnings("ignore")
-    import torch
+    if args.kind == "onnx":  # the deployment being measured has no torch: neither does this process
+        sys.modules["torch"] = None
+    else:
+        import torch
 
-    torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     f = MEASURES[args.kind]
     if args.kind.startswith("train"):
         res = f(args.what, args.folder, args.batches, args.device)
@@ -322,7 +381,8 @@ def main(argv=None):
     ap.add_argument("--datasets", default=",".join(DATASETS), help="which of " + ", ".join(DATASETS))
     ap.add_argument("--kmnist", type=Path, default=DATASETS["kmnist-10k"], help="folder of the KMNIST-10k sample")
     ap.add_argument("--fashion", type=Path, default=DATASETS["fashion-60k"], help="folder of Fashion-MNIST")
-    ap.add_argument("--tables", default="train,data,infer", help="which tables to run")
+    ap.add_argument("--tables", default="train,data,infer,export", help="which tables to run (export needs the "
+                    "export extra)")
     ap.add_argument("--smoke", action="store_true",
                     help="seconds, what CI runs: one dataset, lenet5, 5/20 batches, 1 repeat, 128 images")
     args = ap.parse_args(argv)
@@ -377,6 +437,30 @@ def main(argv=None):
         print(row(f"{INFER_ARCH} TTA n={TTA_N}", a, None), flush=True)
         a, _ = paired(args.repeats, ("infer", "default", args.kmnist, *common), None)
         print(row("default reference (predict with no --model)", a, None), flush=True)
+    if "export" in tables:
+        # exported in its own process: a child's peak RSS starts from its parent's, and exporting is large
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                        "from kmnist_fa.export import export; from kmnist_fa.inference import load_run; "
+                        "from kmnist_fa.runs import reference_dir; "
+                        "export([load_run(reference_dir() / sys.argv[2], cpu=True)], sys.argv[3])",
+                        str(ROOT), INFER_ARCH, str(onnx_file())], check=True, capture_output=True)
+        print(f"\nExport: {INFER_ARCH} as ONNX through kmnist_fa.runtime (onnxruntime, CPU) against the plain "
+              f"torch forward pass\n\n| model / batch | onnxruntime img/s | plain img/s | time ratio | "
+              "onnxruntime RSS MB | plain RSS MB |\n|---|---:|---:|---:|---:|---:|")
+        for kind, small in (("batch256", args.limit), ("batch1", min(args.limit or 500, 500))):
+            lim = ["--limit", small] if small else []
+            a, b = paired(args.repeats, ("onnx", kind, args.kmnist, *common[:4], *lim),
+                          ("infer-plain", kind, args.kmnist, *common[:4], *lim))
+            print(row(f"{INFER_ARCH} / {kind.replace('batch', 'batch ')}", a, b), flush=True)
+        lim = ["--limit", args.limit] if args.limit else []
+        a, b = paired(args.repeats, ("onnx", "batch256", args.kmnist, *common[:4], *lim),
+                      ("infer", "plain", args.kmnist, *common[:4], *lim))
+        print(row(f"{INFER_ARCH} / batch 256, against kmnist-fa predict", a, b), flush=True)
+        ort_mb, ort_pkgs = installed_mb(["onnxruntime", "numpy", "pillow"])
+        torch_mb, torch_pkgs = installed_mb(["torch", "fastai"])
+        print(f"\nInstalled size: the runtime's stack (onnxruntime, numpy, Pillow and what they require: "
+              f"{len(ort_pkgs)} packages) {ort_mb:,.0f} MB; torch + fastai and what they require "
+              f"({len(torch_pkgs)} packages) {torch_mb:,.0f} MB")
 
 
 if __name__ == "__main__":

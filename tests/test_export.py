@@ -67,8 +67,17 @@ def test_ensemble_graph_and_cli(kmnist, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     r = runner.invoke(app, [*args, "-m", str(tmp_path / "bad.onnx")])
     assert r.exit_code == 2 and "not a loadable ONNX model" in r.output
-    r = runner.invoke(app, [*args, "-m", str(tmp_path / "ens.onnx"), "--tta"])
-    assert r.exit_code == 2 and "without TTA" in r.output
+    r = runner.invoke(app, [*args, "-m", str(tmp_path / "ens.onnx"), "-m", runs[0]])
+    assert r.exit_code == 2 and "predicts alone" in r.output
+
+
+def test_runtime_tta_is_seeded_and_close_to_the_clean_pass(kmnist, tmp_path):
+    clf = OnnxClassifier(export([load_run(reference_runs()[-1], cpu=True)], tmp_path / "m.onnx", "onnx"))
+    x, y = kmnist.train_x[:600], kmnist.train_y[:600]
+    clean = clf.predict_probs(x)
+    a, b, c = (clf.predict_probs(x, tta_n=3, seed=s) for s in (1, 1, 2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and np.allclose(a.sum(1), 1, atol=1e-5)
+    assert (a.argmax(1) == clean.argmax(1)).mean() > 0.9 and (a.argmax(1) == y).mean() > 0.8
 
 
 def test_runtime_classifies_without_torch(kmnist, kmnist_dir, tmp_path):

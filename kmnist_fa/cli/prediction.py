@@ -59,13 +59,13 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
     from ..images import collect_inputs
 
     onnx = [m for m in model or [] if m.endswith(".onnx")]
-    if onnx and (len(model) > 1 or tta):
-        raise OptionError("--model FILE.onnx: predicts alone and without TTA (export several runs into one "
-                          "graph with `kmnist-fa export RUN RUN`)")
+    if onnx and len(model) > 1:
+        raise OptionError("--model FILE.onnx: predicts alone (export several runs into one graph with "
+                          "`kmnist-fa export RUN RUN`)")
     if onnx:
         from ..runtime import OnnxClassifier
 
-        members, use_tta = [OnnxClassifier(onnx[0])], False
+        members, use_tta, tta_n = [OnnxClassifier(onnx[0])], bool(tta), tta_n or 4
         classes = members[0].classes
     else:
         members, defaults = _members(model, models_dir, cpu)
@@ -78,7 +78,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
     if len(got.images) == 0:
         raise OptionError("INPUT: no readable images")
     if onnx:
-        probs = torch.from_numpy(members[0].predict_probs(got.images))
+        probs = torch.from_numpy(members[0].predict_probs(got.images, tta_n=tta_n if use_tta else 0, seed=seed))
     else:
         total = len(members) * len(got.images) * ((tta_n + 1) if use_tta else 1)
         with inference_progress(members, quiet, total):

@@ -26,6 +26,7 @@ from .errors import OptionError
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SCHEDULES = ("one-cycle", "flat", "cosine")
 AUG_PRESETS = ("none", "light", "heavy")
+TTA_BETA = 0.25  # fastai's `tta` default: weight of the clean pass against the mean of the augmented passes
 
 
 def option(default, help: str, *, flag: str | None = None, choices: tuple | None = None,

@@ -11,7 +11,6 @@ weights MD5) goes into each format's own metadata. Needs the `export` extra.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from .atomic import write_with
+from .datasets import md5sum
 from .errors import OptionError
 from .inference import LoadedRun
 from .runs import HUB_WEIGHTS, MODEL_FILE, is_hub_folder
@@ -52,7 +52,7 @@ def metadata(members: list[LoadedRun]) -> dict[str, str]:
         "kmnist_fa.classes": json.dumps(first.classes, ensure_ascii=False),
         "kmnist_fa.chars": json.dumps(first.chars, ensure_ascii=False),
         "kmnist_fa.members": json.dumps([{"name": m.name, "arch": m.record.arch, "data_fingerprint":
-                                          m.record.data.fingerprint, "weights_md5": _md5(_weights(m.path))}
+                                          m.record.data.fingerprint, "weights_md5": md5sum(_weights(m.path))}
                                          for m in members]),
         "kmnist_fa.input": "float32 images in [0, 255], N x 28 x 28, white ink on black (kmnist_fa.runtime "
                            "converts uint8 and N x 1 x 28 x 28)",
@@ -62,10 +62,6 @@ def metadata(members: list[LoadedRun]) -> dict[str, str]:
 
 def _weights(path: Path) -> Path:
     return path / (HUB_WEIGHTS if is_hub_folder(path) else MODEL_FILE)
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def bundle(members: list[LoadedRun]) -> Preprocessed:

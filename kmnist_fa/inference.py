@@ -28,14 +28,13 @@ with warnings.catch_warnings():
 from . import runs
 from .data import array_dl, default_device, inference_dls
 from .datasets import MnistData, load_dataset
-from .config import SplitSpec
+from .config import TTA_BETA, SplitSpec
 from .errors import DataError, RunError
 from .learner import CrossEntropyLoss, ToolkitLearner
 from .models import create_model, n_params, splitter
 from .runs import RunRecord
 from .splits import split_indices
 
-TTA_BETA = 0.25  # fastai's default: weight of the clean pass against the mean of the augmented passes
 TTA_SEED = 42  # TTA's random augmentations are drawn from this seed: same inputs, same predictions
 
 

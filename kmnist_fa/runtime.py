@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import TTA_BETA
 from .errors import DataError
 
 
@@ -61,9 +62,6 @@ class OnnxClassifier:
     def _run(self, x: np.ndarray, bs: int) -> np.ndarray:
         return np.concatenate([self.session.run(["probs"], {"images": x[i:i + bs]})[0]
                                for i in range(0, len(x), bs)])
-
-
-TTA_BETA = 0.25
 
 
 def _shift_rotate(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -27,6 +27,7 @@ with warnings.catch_warnings():  # fastai's import trips torch's jit deprecation
     from fastai.vision.augment import AffineCoordTfm, Brightness, Contrast, PadMode, Warp, Zoom
     from fasttransform import Pipeline, Transform
 
+from .compat import no_subclass_dispatch
 from .config import AUG_PRESETS, SplitSpec
 from .datasets import MnistData
 from .errors import DataError, OptionError
@@ -84,7 +85,7 @@ class UntypedOpsPipeline(Pipeline):
     """
 
     def __call__(self, o):
-        with torch._C.DisableTorchFunctionSubclass():
+        with no_subclass_dispatch():
             return super().__call__(o)
 
 

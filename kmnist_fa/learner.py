@@ -18,7 +18,6 @@ import torch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
-    from fastai.callback.core import _inner_loop as PER_BATCH_EVENTS
     from fastai.callback.mixup import CutMix, MixUp
     from fastai.callback.progress import ProgressCallback
     from fastai.callback.schedule import ParamScheduler, SchedCos, minimum, slide, steep, valley
@@ -31,6 +30,7 @@ with warnings.catch_warnings():
 
 from . import runs
 from .checkpoint import RunRecorder, finalize, load_checkpoint, load_opt_state, publish, set_rng_state
+from .compat import PER_BATCH_EVENTS
 from .config import OPTIMIZERS as OPT_NAMES
 from .config import TrainConfig
 from .data import default_device, make_dls

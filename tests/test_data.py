@@ -158,3 +158,17 @@ def test_split_and_batch_size_that_would_train_nonsense(kmnist):
         make_dls(kmnist, SplitSpec(valid_pct=0.0001), bs=64, device="cpu")
     with pytest.raises(OptionError, match="--bs 10000 is larger than the 5,400 training images"):
         make_dls(kmnist, SplitSpec(), bs=10000, device="cpu")
+
+
+def test_compat_fallbacks(monkeypatch):
+    """Private names live in kmnist_fa.compat only; without them the public path is taken."""
+    import contextlib
+
+    from fastai.callback.core import _inner_loop
+
+    from kmnist_fa import compat
+
+    assert compat.PER_BATCH_EVENTS == compat.FALLBACK_EVENTS == tuple(_inner_loop)  # the fallback mirrors fastai
+    assert type(compat.no_subclass_dispatch()).__name__ == "DisableTorchFunctionSubclass"
+    monkeypatch.delattr(torch._C, "DisableTorchFunctionSubclass")
+    assert isinstance(compat.no_subclass_dispatch(), contextlib.nullcontext)

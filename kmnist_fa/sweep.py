@@ -9,32 +9,23 @@ the CPU threads, or its own GPU when there are several.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runs
-from .atomic import write_csv, write_json, write_text
-from .config import OPTIONS, SWEEPABLE, TrainConfig, recipe_values
+from . import runs, search
+from .atomic import write_csv, write_json
+from .config import SWEEPABLE, TrainConfig
 from .errors import KmnistError, OptionError
+from .search import config_id, member_name, member_status
 
 MODES = ("line", "grid")
 
 
 def parse_param(spec: str) -> tuple[str, list]:
     """'lr=1e-3,3e-3' -> ('lr', [0.001, 0.003]), typed and checked like the option itself."""
-    if "=" not in spec:
-        raise OptionError(f"--param {spec!r}: expected NAME=V1,V2,... (e.g. lr=1e-3,3e-3)")
-    name, vals = spec.split("=", 1)
-    name = name.strip().replace("-", "_")
-    if name not in SWEEPABLE:
-        raise OptionError(f"--param {name[:40]}: not sweepable (choose from {', '.join(SWEEPABLE)})")
-    texts = [v.strip() for v in vals.split(",")]
-    if not texts or any(v == "" for v in texts):
-        raise OptionError(f"--param {name}: no values")
-    return name, [OPTIONS[name].parse(v) for v in texts]
+    p = search.parse_param(spec, ranges=False)
+    return p.name, list(p.choices)
 
 
 def expand(base: TrainConfig, params: list[tuple[str, list]], mode: str = "line") -> list[dict]:
@@ -59,10 +50,6 @@ def expand(base: TrainConfig, params: list[tuple[str, list]], mode: str = "line"
     return out
 
 
-def config_id(values: dict) -> str:
-    return "_".join(f"{k}-{v}" for k, v in values.items()).replace("/", "-")
-
-
 @dataclass
 class Job:
     config: dict  # swept values
@@ -72,92 +59,46 @@ class Job:
 
 def plan(base: TrainConfig, params, mode: str, n_folds: int | None, folds: str | None) -> list[Job]:
     configs = expand(base, params, mode)
-    if n_folds:
-        if folds in (None, "all"):
-            fold_list = list(range(n_folds))
-        else:
-            try:
-                fold_list = sorted({int(f) for f in folds.split(",")})
-            except ValueError:
-                raise OptionError(f"--folds must be 'all' or a list like 0,1; got {folds!r}") from None
-            if any(not 0 <= f < n_folds for f in fold_list):
-                raise OptionError(f"--folds must be within 0..{n_folds - 1}, got {folds!r}")
-    elif folds is not None:
-        raise OptionError("--folds needs --n-folds")
-    else:
-        fold_list = [None]
-    return [Job(c, f, f"{config_id(c)}-{'holdout' if f is None else f'f{f}'}") for c in configs for f in fold_list]
-
-
-def _status(path: Path) -> str:
-    """complete, resumable, new, or 'unreadable: why' for a member folder."""
-    if not (path / runs.RUN_FILE).exists():
-        leftovers = path.exists() and any(not p.name.endswith(".tmp") for p in path.iterdir())
-        return "unreadable: a folder without run.json is in the way" if leftovers else "new"
-    try:
-        rec = runs.RunRecord.read(path)
-    except KmnistError as e:
-        return f"unreadable: {e}"
-    return "complete" if rec.complete else "resumable"
-
-
-def run_job(base: dict, job_config: dict, fold, n_folds, name: str, root: str, threads: int | None,
-            gpu: int | None) -> str:
-    """Train or resume one sweep member (in this process or a worker).
-
-    A member whose folder cannot be read is reported and left as it is: it may hold
-    hours of training that a fix to its run.json would recover.
-    """
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    from .learner import resume, train
-
-    path = Path(root) / name
-    status = _status(path)
-    if status == "complete":
-        return "skipped"
-    if status.startswith("unreadable"):
-        return status
-    if status == "resumable":
-        resume(path, quiet=True)
-        return "resumed"
-    base_cfg = TrainConfig.from_dict(base)
-    cfg = base_cfg.replace(**job_config, n_folds=n_folds, fold=fold, full=False)
-    cfg.extra["sweep"] = Path(root).name
-    train(cfg, name=name, root=root, quiet=True)
-    return "trained"
+    return [Job(c, f, member_name(config_id(c), f)) for c in configs for f in search.fold_list(n_folds, folds)]
 
 
 def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1,
               threads: int | None = None) -> dict[str, str]:
-    """Run every job (skipping finished ones); returns name -> trained/resumed/skipped/unreadable: .../failed: ..."""
+    """Run every job (skipping finished ones); returns name -> trained/resumed/skipped/unreadable: .../failed: ...
+
+    Each config is an enqueued trial of an Optuna study in `root` (see `search`), so
+    sweeps and `tune` share storage, workers, resume and crash recovery. A config is
+    queued again when one of its runs is missing or unfinished, as a folder-by-folder
+    engine would; a member that cannot be read is reported and left as it is: it may
+    hold hours of training that a fix to its run.json would recover.
+    """
+    from optuna.trial import TrialState
+
     root.mkdir(parents=True, exist_ok=True)
     base_d = base.to_dict()
     write_json(root / "sweep.json", {"base": base_d, "jobs": [j.__dict__ for j in jobs_list]})
-    outcome: dict[str, str] = {}
-    import torch
-
-    n_gpu = torch.cuda.device_count() if not base.cpu else 0
-    if jobs <= 1:
-        for j in jobs_list:
-            outcome[j.name] = run_job(base_d, j.config, j.fold, base.split.n_folds, j.name, str(root), threads, None)
-        return outcome
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futs = {pool.submit(run_job, base_d, j.config, j.fold, base.split.n_folds, j.name, str(root),
-                            threads or max(1, (os.cpu_count() or 1) // jobs),
-                            (i % n_gpu) if n_gpu > 1 else None): j.name for i, j in enumerate(jobs_list)}
-        for f in as_completed(futs):
-            try:
-                outcome[futs[f]] = f.result()
-            except Exception as e:
-                outcome[futs[f]] = f"failed: {type(e).__name__}: {e}"
+    configs = list({config_id(j.config): j.config for j in jobs_list}.values())
+    names = list(dict.fromkeys(n for c in configs for n in c))
+    spec = search.StudySpec(
+        root=str(root), study="sweep", base=base_d, kind="sweep",
+        params=[search.Param(n, choices=tuple(dict.fromkeys(c[n] for c in configs))) for n in names],
+        folds=list(dict.fromkeys(j.fold for j in jobs_list)), sampler="random",
+        identity={"kind": "sweep", "base": base_d})
+    study = search.open_study(spec)
+    live = {config_id(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,
+                                                                                    TrialState.RUNNING))}
+    done = {config_id(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    for c in configs:
+        cid = config_id(c)
+        members = [member_status(root / member_name(cid, f)) for f in spec.folds]
+        if cid not in live and (cid not in done or any(m in ("new", "resumable") for m in members)):
+            study.enqueue_trial(c, user_attrs={"config": cid})
+    touched = search.run_workers(spec, jobs, threads)
+    outcome = {}
+    for j in jobs_list:
+        status = member_status(root / j.name)
+        outcome[j.name] = touched.get(j.name) or ("skipped" if status == "complete" else status)
+    outcome.update({k: v for k, v in touched.items() if k.startswith("worker ")})
     return outcome
 
 
@@ -181,7 +122,7 @@ def results(root: Path, jobs_list: list[Job]) -> list[dict]:
         accs, losses, times = [], [], []
         for j in group:
             p = root / j.name
-            if _status(p) != "complete":
+            if member_status(p) != "complete":
                 continue
             rec = runs.RunRecord.read(p)
             if rec.best and rec.best.accuracy is not None:
@@ -238,10 +179,7 @@ def best_recipe(rows: list[dict], base: TrainConfig, path: Path) -> Path | None:
     best = rows[0]
     cfg = base.replace(**{k: best[k] for k in best if k in SWEEPABLE})
     about = f"best of sweep {path.parent.name}: {best['config']} ({best['acc_mean']:.4f} over {best['folds_done']} folds)"
-    lines = [f"description = {json.dumps(about)}"]
-    for k, v in recipe_values(cfg).items():
-        lines.append(f"{k} = " + (json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else repr(v)))
-    return write_text(path, "\n".join(lines) + "\n")
+    return search.write_recipe(path, cfg, about)
 
 
 def describe(outcome: dict[str, str]) -> str:

@@ -5,7 +5,7 @@ rich. User errors (`KmnistError`) print one line on stderr and exit with code 2.
 One module per command group; importing them registers their commands on `app`
 in the order `--help` lists them.
 """
-from . import data, training, prediction, interpretation, runs  # noqa: F401  (registers the commands)
+from . import data, training, search, prediction, interpretation, runs  # noqa: F401  (registers the commands)
 from .common import app
 
 

@@ -1,4 +1,4 @@
-"""`kmnist-fa archs|train|recipes|lr-find|sweep`."""
+"""`kmnist-fa archs|train|recipes|lr-find`."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from ..errors import OptionError
 from .common import JsonOpt, ModelsDirOpt, app, err, friendly, out, print_json, show
@@ -169,89 +168,3 @@ def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (s
         t.add_row(k, f"{v:.2e}")
     show(t)
     out.print(f"plot: {out_file}")
-
-
-@app.command("sweep")
-@friendly
-@_train_options
-def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
-              param: list[str] = typer.Option(..., "--param", "-p", help="NAME=V1,V2,... to sweep; repeatable "
-                                              "(lr, wd, mom, epochs, bs, dropout, label_smoothing, opt, aug, ...)."),
-              mode: str = typer.Option("line", "--mode", help="line: vary one parameter at a time around the base "
-                                       "options (the report's method); grid: every combination."),
-              folds: Optional[str] = typer.Option(None, "--folds", help="With --n-folds: which folds, e.g. 0,1 or "
-                                                  "all (default all)."),
-              jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trainings at once (one process each; "
-                                       "one GPU each when there are several)."),
-              threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per training "
-                                                    "(default: cores / jobs). Results are bit-identical only "
-                                                    "for the same value."),
-              name: Optional[str] = typer.Option(None, "--name", help="Sweep name: runs go to models/NAME/ "
-                                                 "(default ARCH-sweep)."),
-              save_recipe: Optional[Path] = typer.Option(None, "--save-recipe", help="Also write the best config "
-                                                         "as a recipe .toml here (always written to "
-                                                         "models/NAME/best.toml)."),
-              as_json: bool = JsonOpt, models_dir: Optional[Path] = ModelsDirOpt, **opts):
-    """Line or grid search over k folds; resumable; results table, CSV, plot and best recipe."""
-    import threading
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .. import sweep as sw
-    from ..runs import check_name, models_dir as mdir
-
-    if opts.get("fold") is not None or opts.get("full"):
-        raise OptionError("sweep: use --n-folds with --folds (or the holdout), not --fold/--full")
-    params = [sw.parse_param(p) for p in param]
-    if opts.get("n_folds"):
-        opts["fold"] = 0  # a valid placeholder for the base config; each job sets its own fold
-    cfg, recipe = _config(arch, opts.pop("recipe"), opts)
-    sweep_name = check_name(name or f"{cfg.arch}-sweep")
-    root = mdir(models_dir) / sweep_name
-    plan = sw.plan(cfg, params, mode, cfg.split.n_folds, folds)
-    n_cfg = len({sw.config_id(j.config) for j in plan})
-    err.print(f"sweep {sweep_name}: {n_cfg} configs x {len(plan) // n_cfg} folds = {len(plan)} runs "
-              f"({mode}, recipe {recipe or 'none'}, {jobs} at once) in {root}", highlight=False)
-    stop = threading.Event()
-    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as prog:
-        tasks = {j.name: prog.add_task(j.name, total=None) for j in plan}
-
-        def refresh():
-            while not stop.wait(1.0):
-                for n, (done, total) in sw.progress_of(root, plan).items():
-                    prog.update(tasks[n], completed=done, total=total or None)
-
-        t = threading.Thread(target=refresh, daemon=True)
-        t.start()
-        try:
-            with _interrupt_note("the same sweep command again (finished runs are kept)"):
-                outcome = sw.run_sweep(cfg, plan, root, jobs, threads)
-        finally:
-            stop.set()
-            t.join()
-    rows = sw.results(root, plan)
-    plot_path = sw.write_results(root, rows, params, cfg)
-    best = sw.best_recipe(rows, cfg, root / "best.toml")
-    if best and save_recipe:
-        from ..atomic import write_text
-
-        write_text(save_recipe, best.read_text())
-    if as_json:
-        print_json({"outcome": outcome, "results": rows, "best_recipe": str(best) if best else None})
-    else:
-        tbl = Table(title=f"sweep {sweep_name} ({mode}): {sw.describe(outcome)}")
-        for c in ("config", "folds", "valid acc", "± sd", "valid loss", "time s"):
-            tbl.add_column(c, justify="left" if c == "config" else "right")
-        for r in rows:
-            tbl.add_row(r["config"], f"{r['folds_done']}/{r['folds']}",
-                        "-" if r["acc_mean"] is None else f"{r['acc_mean']:.4f}",
-                        "-" if r["acc_sd"] is None else f"{r['acc_sd']:.4f}",
-                        "-" if r["loss_mean"] is None else f"{r['loss_mean']:.4f}", f"{r['time_s']:.0f}")
-        show(tbl)
-        out.print(f"wrote {root / 'results.csv'}, {plot_path}" + (f", {best}" if best else ""))
-    failed = {k: v for k, v in outcome.items() if v.startswith(("failed", "unreadable"))}
-    for k, v in failed.items():
-        err.print(Text(f"{k}: {v}", style="red"), highlight=False, soft_wrap=True)
-    if failed:
-        raise typer.Exit(1)

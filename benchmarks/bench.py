@@ -107,9 +107,20 @@ def plain_light_aug(xb):
 
 # --------------------------------------------------------------------------- 1. training
 
-def train_toolkit(arch: str, folder: str, n_batches: int, device: str) -> dict:
-    """`n_batches` training batches through kmnist-fa's DataLoaders and Learner."""
+def train_toolkit(arch: str, folder: str, n_batches: int, device: str, aug: str = "light", off: str = "") -> dict:
+    """`n_batches` training batches through kmnist-fa's DataLoaders and Learner; `off` switches patches of
+    private fastai/torch behaviour (see `compat`) back to stock fastai: `dispatch`, `untyped`."""
+    import contextlib
+
     from fastai.callback.core import Callback
+
+    from kmnist_fa import compat
+    from kmnist_fa import data as kdata
+
+    if "dispatch" in off.split(","):  # every callback sees every event, as in fastai's Learner
+        compat.PER_BATCH_EVENTS = ()
+    if "untyped" in off.split(","):  # batch transforms with tensor-subclass dispatch on
+        kdata.no_subclass_dispatch = contextlib.nullcontext
 
     from kmnist_fa.config import TrainConfig
     from kmnist_fa.learner import build_learner, prepare
@@ -126,7 +137,7 @@ def train_toolkit(arch: str, folder: str, n_batches: int, device: str) -> dict:
 
     n_batches += WARM
     data = _subset(folder, n_batches * BS + 2 * BS)
-    cfg = TrainConfig.build(arch=arch, epochs=1, lr=LR, bs=BS, aug="light", label_smoothing=0.1,
+    cfg = TrainConfig.build(arch=arch, epochs=1, lr=LR, bs=BS, aug=aug, label_smoothing=0.1,
                       valid_pct=2 * BS / len(data.train_y), cpu=device == "cpu")
     _, dls = prepare(cfg, data)
     learn = build_learner(dls, cfg, quiet=True)
@@ -320,7 +331,9 @@ def one(args) -> None:
 
         torch.set_num_threads(args.threads)
     f = MEASURES[args.kind]
-    if args.kind.startswith("train"):
+    if args.kind == "train":
+        res = f(args.what, args.folder, args.batches, args.device, args.aug, args.off)
+    elif args.kind.startswith("train"):
         res = f(args.what, args.folder, args.batches, args.device)
     elif args.kind.startswith("data"):
         res = f(args.what, args.folder, args.limit, args.data_batches, args.device)
@@ -369,6 +382,10 @@ def main(argv=None):
     ap.add_argument("kind", nargs="?", help=argparse.SUPPRESS)
     ap.add_argument("what", nargs="?", help=argparse.SUPPRESS)
     ap.add_argument("folder", nargs="?", help=argparse.SUPPRESS)
+    ap.add_argument("--aug", default="light", help=argparse.SUPPRESS)
+    ap.add_argument("--off", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--patches", default="dispatch,untyped", help="patches to switch off, one at a time, in "
+                    "the patches table")
     ap.add_argument("--batches", type=int, default=40, help="training batches per measurement (after warm-up)")
     ap.add_argument("--data-batches", type=int, default=400,
                     help="data pipeline: at least this many timed batches (whole epochs) per measurement")
@@ -381,7 +398,7 @@ def main(argv=None):
     ap.add_argument("--datasets", default=",".join(DATASETS), help="which of " + ", ".join(DATASETS))
     ap.add_argument("--kmnist", type=Path, default=DATASETS["kmnist-10k"], help="folder of the KMNIST-10k sample")
     ap.add_argument("--fashion", type=Path, default=DATASETS["fashion-60k"], help="folder of Fashion-MNIST")
-    ap.add_argument("--tables", default="train,data,infer,export", help="which tables to run (export needs the "
+    ap.add_argument("--tables", default="train,data,infer,export,patches", help="which tables to run (export needs the "
                     "export extra)")
     ap.add_argument("--smoke", action="store_true",
                     help="seconds, what CI runs: one dataset, lenet5, 5/20 batches, 1 repeat, 128 images")
@@ -420,6 +437,18 @@ def main(argv=None):
                 a, b = paired(args.repeats, ("train", arch, folder, "--batches", args.batches, *common),
                               ("train-plain", arch, folder, "--batches", args.batches, *common))
                 print(row(f"{name} / {arch}", a, b), flush=True)
+    if "patches" in tables:
+        print(f"\nPrivate-API patches (kmnist_fa/compat.py), each switched back to stock fastai, training each "
+              f"default recipe's architecture with its `heavy` preset ({args.batches} batches)\n\n"
+              "| dataset / arch | all patches img/s | patch off | patch off img/s | time with patch / without |"
+              "\n|---|---:|---|---:|---:|")
+        for name, folder in list(sets.items())[:1]:
+            for arch in args.archs.split(","):
+                base = ("train", arch, folder, "--batches", args.batches, "--aug", "heavy", *common)
+                for off in args.patches.split(","):
+                    a, b = paired(args.repeats, base, (*base, "--off", off))
+                    print(f"| {name} / {arch} | {_cell(a)} | {off} | {_cell(b)} | {b['ips'] / a['ips']:.2f} |",
+                          flush=True)
     if "data" in tables:
         print(f"\nData pipeline: training batches (90% split), whole epochs, at least {args.data_batches} batches\n\n"
               f"| dataset / aug {header}")

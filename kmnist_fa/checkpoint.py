@@ -20,16 +20,14 @@ from __future__ import annotations
 import math
 import random
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    from fastai.callback.core import Callback
-    from fastcore.foundation import L
+from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
+from fastai.callback.core import Callback
+from fastcore.foundation import L
 
 from .atomic import torch_save, write_csv
 from .errors import RunError
@@ -134,7 +132,6 @@ class RunRecorder(Callback):
                  best_state: dict | None = None):
         self.path, self.record, self.start_epoch, self.smooth_loss = Path(path), record, start_epoch, smooth_loss
         self.best_state = best_state  # the best epoch's weights (CPU), for commits of epochs that are not the best
-        self.offset = 0  # epochs of earlier phases (fine-tuning fits twice)
 
     def before_fit(self):
         self.t0 = time.time()
@@ -148,12 +145,12 @@ class RunRecorder(Callback):
         self._epoch_t0 = time.time()
 
     def after_epoch(self):
-        if self.epoch < self.start_epoch:  # fastai's SkipToEpoch still fires after_epoch for skipped epochs
+        epoch = getattr(self.learn, "run_epoch", self.epoch)
+        if epoch < self.start_epoch:  # fastai's SkipToEpoch still fires after_epoch for skipped epochs
             return
         names = list(self.recorder.metric_names)[1:]
         values = dict(zip(names, self.recorder.values[-1] + [None] * (len(names) - len(self.recorder.values[-1]))))
         values.pop("time", None)
-        epoch = self.offset + self.epoch
         # a diverged loss is recorded as missing: run.json holds finite numbers only
         row = {"epoch": epoch, **{k: _finite(v) for k, v in values.items()},
                "seconds": round(time.time() - self._epoch_t0, 2)}

@@ -26,6 +26,7 @@ from .errors import OptionError
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SCHEDULES = ("one-cycle", "flat", "cosine")
 AUG_PRESETS = ("none", "light", "heavy")
+TTA_N = 4  # fastai's `tta` default: augmented passes before the clean one is blended in
 TTA_BETA = 0.25  # fastai's `tta` default: weight of the clean pass against the mean of the augmented passes
 
 
@@ -292,6 +293,9 @@ class TrainConfig:
             if not isinstance(getattr(self, g), cls):
                 raise OptionError(f"config.{g} must be a {cls.__name__}")
         _check_fields(self)
+        if self.transfer.from_run and self.optim.schedule != "one-cycle":
+            raise OptionError(f"--schedule {self.optim.schedule}: transfer (--from) follows fastai's fine_tune, "
+                              "which is one-cycle in both phases; drop --schedule (or --from)")
         from .models import get_arch  # last: it is the only check that needs torch
 
         get_arch(self.model.arch)
@@ -347,6 +351,8 @@ class TrainConfig:
                 raise OptionError(f"config.{g} must be a table")
             flat.update({k: v for k, v in sub.items() if k in OPTIONS and OPTIONS[k].group == g})
         flat.update({k: v for k, v in d.items() if k in OPTIONS and OPTIONS[k].group is None})
+        if flat.get("from_run") and flat.get("schedule", "one-cycle") != "one-cycle":
+            flat["schedule"] = "one-cycle"  # what fine-tuning runs of kmnist-fa 0.1 trained with, whatever they recorded
         return cls.build(extra=d.get("extra"), **flat)
 
 

@@ -9,23 +9,23 @@ on the DataLoaders' device: the GPU when there is one.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from functools import partial, reduce
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL.Image import Image as PILImage
 
-with warnings.catch_warnings():  # fastai's import trips torch's jit deprecation notice
-    warnings.simplefilter("ignore", FutureWarning)
-    from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
-    from fastai.data.core import Datasets, DataLoaders, TfmdDL
-    from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
-    from fastai.torch_core import TensorCategory, TensorImage, TensorImageBW
-    from fastai.vision.augment import AffineCoordTfm, Brightness, Contrast, PadMode, Warp, Zoom
-    from fasttransform import Pipeline, Transform
+from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
+from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
+from fastai.data.core import Datasets, DataLoaders, TfmdDL
+from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
+from fastai.torch_core import TensorCategory, TensorImage, TensorImageBW
+from fastai.vision.augment import AffineCoordTfm, Brightness, Contrast, PadMode, Warp, Zoom
+from fasttransform import Pipeline, Transform
 
 from .compat import no_subclass_dispatch
 from .config import AUG_PRESETS, SplitSpec
@@ -35,14 +35,30 @@ from .splits import split_indices
 
 
 class ArrayImage(Transform):
-    """Index -> 1x28x28 uint8 `TensorImageBW` taken from an in-memory array."""
+    """Index -> 1x28x28 uint8 `TensorImageBW` taken from an in-memory array.
 
-    def __init__(self, images: np.ndarray):
+    Anything else is taken for an image, so `learn.predict` / `dls.test_dl` accept what
+    fastai users pass (a PIL image, a path, an array or tensor), prepared as `kmnist-fa
+    predict` prepares files. A loaded run's Learner holds no images (`holds_data` off):
+    an index there is refused rather than answered with a blank placeholder.
+    """
+
+    # what fastai's `test_dl` matches an item against to decide which transforms it still needs
+    input_types = (int, np.integer, np.ndarray, torch.Tensor, PILImage, str, Path, bytes)
+
+    def __init__(self, images: np.ndarray, holds_data: bool = True):
         super().__init__()
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.images, self.holds_data = torch.from_numpy(np.ascontiguousarray(images)), holds_data
 
     def encodes(self, i) -> TensorImageBW:  # untyped: items are numpy ints too
-        return TensorImageBW(self.images[i][None])
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool):
+            if not self.holds_data:
+                raise DataError(f"predict: {i!r} is an index, and a loaded run holds no images; pass a PIL "
+                                "image, an image path, or a 28x28 array or tensor")
+            return TensorImageBW(self.images[i][None])
+        from .images import image_array
+
+        return TensorImageBW(torch.from_numpy(image_array(i))[None])
 
     def batch(self, idx: np.ndarray) -> TensorImageBW:
         return TensorImageBW(self.images[torch.as_tensor(idx, dtype=torch.long)][:, None])
@@ -66,8 +82,11 @@ class ArrayLabel(Transform):
 def _column(tl) -> torch.Tensor | None:
     """Whole-split tensor for one TfmdLists, when its pipeline is one we can vectorise."""
     fs = [f for f in tl.tfms.fs if type(f) is not Transform]  # DataBlock adds a bare noop get_x
-    items = np.asarray(list(tl.items), dtype=np.int64)
-    if len(fs) == 1 and isinstance(fs[0], ArrayImage):
+    items = list(tl.items)
+    if not all(isinstance(i, (int, np.integer)) for i in items[:1]):  # images for predict: fastai's item path
+        return None
+    items = np.asarray(items, dtype=np.int64)
+    if len(fs) == 1 and isinstance(fs[0], ArrayImage) and fs[0].holds_data:
         return fs[0].batch(items)
     if len(fs) == 2 and isinstance(fs[0], ArrayLabel) and isinstance(fs[1], Categorize) \
             and list(fs[1].vocab) == fs[0].names:
@@ -80,8 +99,8 @@ class UntypedOpsPipeline(Pipeline):
 
     Transforms still dispatch on TensorImage / TensorCategory (the batch keeps its types
     and fasttransform re-types every result), but the torch ops inside them run
-    without fastai's Python-level type propagation: identical batches (tested), and on
-    this CPU a `heavy` epoch in ~0.7x the time (bench.py).
+    without fastai's Python-level type propagation: identical batches (tested), in less
+    time (README, "Speed against hand-written PyTorch", for the measurement).
     """
 
     def __call__(self, o):
@@ -300,7 +319,12 @@ def inference_dls(classes: Sequence[str], mean: float, std: float, device=None, 
         splitter=lambda _: ([0], [0]),
         batch_tfms=batch_tfms(mean, std, aug),
     )
-    return block.dataloaders(np.arange(1), bs=bs, dl_type=ArrayDL, num_workers=0, device=device or default_device())
+    dls = block.dataloaders(np.arange(1), bs=bs, dl_type=ArrayDL, num_workers=0, device=device or default_device())
+    for tl in dls.train_ds.tls:  # fastai's setup needed the placeholder; from now on it is not an image
+        for f in tl.tfms.fs:
+            if isinstance(f, ArrayImage):
+                f.holds_data = False
+    return dls
 
 
 def sample_batch(dls: DataLoaders, n: int = 32, train: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .atomic import csv_text, write_text
+from .config import TTA_N
 from .errors import OptionError
 
 METHODS = ("mean", "vote")
@@ -81,7 +82,7 @@ def check_members(members) -> list[str]:
     return classes
 
 
-def member_probs(members, images: np.ndarray, tta: bool = False, n: int = 4,
+def member_probs(members, images: np.ndarray, tta: bool = False, n: int = TTA_N,
                  seed: int | None = None) -> list[torch.Tensor]:
     """Each member's probabilities; with TTA, every member's passes are drawn from `seed` (default TTA_SEED)."""
     from .inference import TTA_SEED, predict_probs
@@ -102,7 +103,7 @@ def accuracy(probs: torch.Tensor, labels: np.ndarray | None) -> float | None:
 
 
 def analyse(members, data, images: np.ndarray, labels: np.ndarray | None, method: str = "mean",
-            tta: bool = False, n: int = 4, seed: int = 42) -> dict:
+            tta: bool = False, n: int = TTA_N, seed: int = 42) -> dict:
     """The report's Figure 2 as data: per member and for the ensemble, validation accuracy
     (on the validation split they share), input-set accuracy when labels exist, and
     agreement with the ensemble; plus pairwise disagreement on the input images."""

@@ -78,14 +78,7 @@ def decode_image(source, name: str, invert: str = "auto") -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise DataError(f"{name}: image is {im.width}x{im.height}, larger than kmnist-fa accepts")
-                im.load()
-                if im.mode in ("RGBA", "LA", "P"):  # transparent drawing: composite on white
-                    im = im.convert("RGBA")
-                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(bg, im)
-                gray = np.asarray(im.convert("L"))
+                gray = _gray(im, name)
     except FileNotFoundError:
         raise DataError(f"{name}: file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
@@ -94,9 +87,51 @@ def decode_image(source, name: str, invert: str = "auto") -> np.ndarray:
     return frame(gray, invert)
 
 
+def _gray(im, name: str) -> np.ndarray:
+    """A PIL image of any mode -> uint8 grayscale; a transparent drawing is composited on white."""
+    from PIL import Image
+
+    if im.width * im.height > MAX_PIXELS:
+        raise DataError(f"{name}: image is {im.width}x{im.height}, larger than kmnist-fa accepts")
+    im.load()
+    if im.mode in ("RGBA", "LA", "P"):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+    return np.asarray(im.convert("L"))
+
+
 def read_image(path: str | Path, invert: str = "auto") -> np.ndarray:
     """One image file -> framed 28x28 uint8; unreadable files raise DataError."""
     return decode_image(Path(path), str(path), invert)
+
+
+def image_array(x, invert: str = "auto") -> np.ndarray:
+    """What fastai users hand to `learn.predict` -> framed 28x28 uint8, as `kmnist-fa predict` reads it.
+
+    A PIL image, a file path, image bytes, or a 2-D array/tensor (uint8 0..255, or
+    float 0..1; leading axes of size 1 are dropped).
+    """
+    from PIL import Image
+
+    if isinstance(x, (str, Path)):
+        return read_image(x, invert)
+    if isinstance(x, bytes):
+        return decode_image(x, "image bytes", invert)
+    if isinstance(x, Image.Image):
+        return frame(_gray(x, "image"), invert)
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2 or a.size == 0 or a.dtype.kind not in "biuf":
+        raise DataError(f"image: expected a 2-D grayscale array, got shape {a.shape} of {a.dtype}")
+    if a.size > MAX_PIXELS:
+        raise DataError(f"image: {a.shape[0]}x{a.shape[1]} is larger than kmnist-fa accepts")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise DataError("image: the array holds NaN or infinite values")
+        a = a * 255 if a.max() <= 1 else a
+    return frame(np.clip(np.rint(a) if a.dtype.kind == "f" else a, 0, 255).astype(np.uint8), invert)
 
 
 def _image_files(folder: Path) -> list[Path]:

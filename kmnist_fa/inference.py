@@ -10,27 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    from fastai.callback.progress import ProgressCallback
-    from fastai.learner import Learner
-    from fastai.metrics import accuracy, error_rate
-    from fastai.torch_core import set_seed
-    from fastcore.basics import noop
+from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
+from fastai.callback.progress import ProgressCallback
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy, error_rate
+from fastai.torch_core import set_seed
+from fastcore.basics import noop
 
 from . import runs
 from .data import array_dl, default_device, inference_dls
 from .datasets import MnistData, load_dataset
-from .config import TTA_BETA, SplitSpec
+from .config import TTA_BETA, TTA_N, SplitSpec
 from .errors import DataError, RunError
-from .learner import CrossEntropyLoss, ToolkitLearner
+from .learner import SCRATCH_DIR, ToolkitLearner
 from .models import create_model, n_params, splitter
 from .runs import RunRecord
 from .splits import split_indices
@@ -96,7 +95,8 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
     aug = tta_aug or rec.config.reg.aug
     dls = inference_dls(rec.classes, rec.norm.mean, rec.norm.std, device or default_device(cpu),
                         aug="light" if aug == "none" else aug)
-    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLoss(), metrics=[accuracy, error_rate], splitter=splitter)
+    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[accuracy, error_rate], splitter=splitter,
+                           path=path, model_dir=SCRATCH_DIR)
     learn.remove_cb(ProgressCallback)
     learn.logger = noop
     return LoadedRun(rec.name, path, rec, learn)
@@ -115,7 +115,7 @@ def _hub_state(path: Path) -> dict:
         raise RunError(f"{f}: corrupt safetensors file ({type(e).__name__})") from None
 
 
-def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int = 4,
+def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int = TTA_N,
                   labels: np.ndarray | None = None, seed: int = TTA_SEED) -> torch.Tensor:
     """Class probabilities (N x C, rows sum to 1) for uint8 images, optionally with TTA.
 
@@ -134,7 +134,7 @@ def _plain(run: LoadedRun, images: np.ndarray, labels=None) -> torch.Tensor:
     return probs.float().cpu()
 
 
-def tta_parts(run: LoadedRun, images: np.ndarray, n: int = 4, labels=None, seed: int = TTA_SEED):
+def tta_parts(run: LoadedRun, images: np.ndarray, n: int = TTA_N, labels=None, seed: int = TTA_SEED):
     """(clean probs, mean of augmented-pass probs, blended probs)."""
     if n < 1:
         raise DataError(f"--tta-n must be at least 1, got {n}")

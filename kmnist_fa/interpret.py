@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import base64
 import html
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    from fastai.interpret import ClassificationInterpretation
+from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
+from fastai.interpret import ClassificationInterpretation
 
 from .atomic import write_csv, write_text
+from .config import TTA_N
 from .data import array_dl
 from .datasets import MnistData
 from .errors import DataError, OptionError
@@ -85,7 +84,7 @@ def labelled_split(run: LoadedRun, data: MnistData, split: str) -> tuple[np.ndar
     return data.test_x, data.test_y, notes
 
 
-def interpret(run: LoadedRun, data: MnistData, split: str = "valid", tta: bool = False, n: int = 4
+def interpret(run: LoadedRun, data: MnistData, split: str = "valid", tta: bool = False, n: int = TTA_N
               ) -> tuple[CachedInterpretation, list[str]]:
     x, y, notes = labelled_split(run, data, split)
     return CachedInterpretation(run, x, y, predict_probs(run, x, tta=tta, n=n)), notes
@@ -103,7 +102,7 @@ class Evaluation:
     flags: list[str]
 
 
-def evaluate(run: LoadedRun, data: MnistData, split: str = "valid", tta: bool = False, n: int = 4) -> Evaluation:
+def evaluate(run: LoadedRun, data: MnistData, split: str = "valid", tta: bool = False, n: int = TTA_N) -> Evaluation:
     interp, notes = interpret(run, data, split, tta, n)
     return Evaluation(run.name, run.record.arch, split, len(interp.targs), interp.accuracy,
                       float(interp.losses.mean()), int((interp.decoded != interp.targs).sum()), notes)

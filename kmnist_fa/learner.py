@@ -9,28 +9,26 @@ from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    from fastai.callback.mixup import CutMix, MixUp
-    from fastai.callback.progress import ProgressCallback
-    from fastai.callback.schedule import ParamScheduler, SchedCos, minimum, slide, steep, valley
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy, error_rate
-    from fastai.optimizer import SGD, Adam, RMSProp
-    from fastai.torch_core import set_seed
-    from fastcore.basics import noop
+from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
+from fastai.callback.mixup import CutMix, MixUp
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import ParamScheduler, SchedCos, minimum, slide, steep, valley
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy, error_rate
+from fastai.optimizer import SGD, Adam, RMSProp
+from fastai.torch_core import set_seed
+from fastcore.basics import noop
 
 from . import runs
 from .checkpoint import RunRecorder, finalize, load_checkpoint, load_opt_state, publish, set_rng_state
-from .compat import PER_BATCH_EVENTS
+from .compat import HandlerDispatchLearner
 from .config import OPTIMIZERS as OPT_NAMES
 from .config import TrainConfig
 from .data import default_device, make_dls
@@ -43,61 +41,42 @@ from .transfer import init_from
 OPTIMIZERS = dict(zip(OPT_NAMES, (SGD, Adam, RMSProp)))
 
 
-class CrossEntropyLoss(CrossEntropyLossFlat):
-    """fastai's flattened cross-entropy (softmax activation, argmax decoding) on plain tensors.
+class ToolkitLearner(HandlerDispatchLearner):
+    """fastai's `Learner` (with `compat`'s per-batch dispatch), knowing where a fit sits in its run.
 
-    fastai's `BaseLoss` re-wraps its inputs as `TensorBase`, so the loss, its backward
-    call and the smoothed-loss bookkeeping each went through a Python
-    `__torch_function__`; with LeNet5 on a CPU that per-batch overhead showed in bench.py.
+    Fine-tuning fits twice, and the run's epochs, as run.json, history.csv, the terminal
+    and pruning callbacks count them, go on from phase one: `_fit` sets `epoch_offset`
+    and `run_epochs` before each fit, and callbacks read `run_epoch`.
     """
 
-    def _contiguous(self, x):
-        return x.transpose(self.axis, -1).contiguous().as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
+    epoch_offset: int = 0
+    run_epochs: int | None = None
+
+    @property
+    def run_epoch(self) -> int:
+        return self.epoch_offset + self.epoch
 
 
-class ToolkitLearner(Learner):
-    """fastai's `Learner`, with per-batch events sent only to the callbacks that handle them.
-
-    fastai calls every callback for every event and lets those without a handler do
-    nothing: ~35 calls a batch, about 0.3 ms of LeNet5's 7 ms CPU step (bench.py).
-    Events outside the batch loop still reach every callback, because
-    `Callback.__call__` does bookkeeping there (it re-arms `run` after `after_fit`).
-    """
-
-    def __call__(self, event_name):
-        if isinstance(event_name, str):
-            return self._call_one(event_name)
-        return super().__call__(event_name)
-
-    def _call_one(self, event_name):
-        if event_name not in PER_BATCH_EVENTS:
-            return super()._call_one(event_name)
-        handlers = self.__dict__.setdefault("_handlers", {})
-        if event_name not in handlers:
-            handlers[event_name] = [cb for cb in self.cbs.sorted("order") if hasattr(cb, event_name)]
-        for cb in handlers[event_name]:
-            cb(event_name)
-
-    def add_cb(self, cb):
-        self.__dict__.pop("_handlers", None)
-        return super().add_cb(cb)
-
-    def remove_cb(self, cb):
-        self.__dict__.pop("_handlers", None)
-        return super().remove_cb(cb)
+SCRATCH_DIR = Path(tempfile.gettempdir()) / "kmnist-fa"
 
 
 def build_learner(dls, cfg: TrainConfig, model: torch.nn.Module | None = None, quiet: bool = False,
-                  progress: Callable | None = None) -> Learner:
-    """A fastai Learner for `cfg` on `dls`; `progress` replaces fastai's progress callback."""
+                  progress: Callable | None = None, path: Path | None = None) -> Learner:
+    """A fastai Learner for `cfg` on `dls`; `progress` replaces fastai's progress callback.
+
+    `learn.path` is the run folder, so fastai callbacks that write there (`CSVLogger`,
+    `SaveModelCallback`) keep to their run; `model_dir` is outside it (absolute), so the
+    scratch weights of `lr_find` never land in a run folder, even when a kill skips the
+    clean-up.
+    """
     m, o, r = cfg.model, cfg.optim, cfg.reg
     model = model or create_model(m.arch, len(dls.vocab), m.bn, m.dropout)
     opt_kw = {} if o.mom is None else {"mom": o.mom}
     opt_func = (lambda ps, lr, **kw: OPTIMIZERS[o.opt](ps, lr, **{**kw, **opt_kw}))
     cbs = [MixUp()] if r.mixup else [CutMix()] if r.cutmix else []
-    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLoss(label_smoothing=r.label_smoothing),
+    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=r.label_smoothing),
                     opt_func=opt_func, metrics=[accuracy, error_rate], splitter=splitter, wd=o.wd, cbs=cbs,
-                    path=Path(tempfile.gettempdir()) / "kmnist-fa", model_dir=".")
+                    path=path or SCRATCH_DIR, model_dir=SCRATCH_DIR)
     if quiet or progress is not None:
         learn.remove_cb(ProgressCallback)
     if quiet:
@@ -119,25 +98,23 @@ def suggest_lrs(learn: Learner, plot: str | Path | None = None) -> dict[str, flo
     return {k: float(v) for k, v in res._asdict().items()}
 
 
-def _fit(learn: Learner, cfg: TrainConfig, lr: float, start_epoch: int = 0, recorder=None) -> None:
-    """Fit from global epoch `start_epoch`; transfer runs follow fastai's fine_tune in two phases."""
+def _fit(learn: Learner, cfg: TrainConfig, lr: float, start_epoch: int = 0) -> None:
+    """Fit from global epoch `start_epoch`; transfer runs follow fastai's `fine_tune` in two phases."""
     o, t = cfg.optim, cfg.transfer
-    if t.from_run:
+    moms = None if o.mom is None else (o.mom, o.mom, o.mom)
+    learn.run_epochs, learn.epoch_offset = cfg.total_epochs, 0
+    if t.from_run:  # fastai's fine_tune, with the run's momentum and a resumable start
         n = t.freeze_epochs
         if start_epoch < n:
             learn.freeze()
-            if recorder:
-                recorder.offset, recorder.start_epoch = 0, start_epoch
-            learn.fit_one_cycle(n, lr, pct_start=0.99, start_epoch=start_epoch)
+            learn.fit_one_cycle(n, slice(lr), pct_start=0.99, moms=moms, start_epoch=start_epoch)
         learn.unfreeze()
-        if recorder:
-            recorder.offset, recorder.start_epoch = n, max(0, start_epoch - n)
-        base = lr / 2  # fastai fine_tune halves the LR for the unfrozen phase
-        learn.fit_one_cycle(o.epochs, slice(base / t.lr_mult, base), pct_start=0.3, div=5.0,
+        learn.epoch_offset = n
+        base = lr / 2
+        learn.fit_one_cycle(o.epochs, slice(base / t.lr_mult, base), pct_start=0.3, div=5.0, moms=moms,
                             start_epoch=max(0, start_epoch - n))
         return
     if o.schedule == "one-cycle":
-        moms = None if o.mom is None else (o.mom, o.mom, o.mom)
         learn.fit_one_cycle(o.epochs, lr, moms=moms, start_epoch=start_epoch)
     elif o.schedule == "cosine":
         learn.fit(o.epochs, lr, cbs=ParamScheduler({"lr": SchedCos(lr, lr * 1e-3)}), start_epoch=start_epoch)
@@ -214,7 +191,7 @@ def _start(cfg, path, name, root, quiet, progress, data, cbs, log) -> TrainResul
         model, parent = init_from(t.from_run, m.arch, len(data.classes), m.bn, m.dropout, t.partial, root)
         if parent.skipped:
             log(f"--from: skipped {len(parent.skipped)} layers that do not fit: {', '.join(parent.skipped)}")
-    learn = build_learner(dls, cfg, model=model, quiet=quiet, progress=progress)
+    learn = build_learner(dls, cfg, model=model, quiet=quiet, progress=progress, path=path)
     if t.from_run:
         learn.freeze()  # lr_find on the model as its first phase trains it
     lr, lr_source = cfg.optim.lr, "--lr"
@@ -236,7 +213,7 @@ def _run_fit(learn, cfg, lr, path, record, start_epoch, cbs, smooth_loss=None, b
     learn.add_cbs([recorder, *(cbs or [])])
     try:
         if start_epoch < record.total_epochs:
-            _fit(learn, cfg, lr, start_epoch, recorder)
+            _fit(learn, cfg, lr, start_epoch)
     finally:
         learn.remove_cbs([recorder, *(cbs or [])])
     finalize(path, record)
@@ -276,7 +253,7 @@ def resume(name_or_path: str | Path, root: str | Path | None = None, quiet: bool
         publish(path, record, best_state)  # views that a kill left behind the commit catch up first
         m = cfg.model
         learn = build_learner(dls, cfg, model=create_model(m.arch, len(data.classes), m.bn, m.dropout),
-                              quiet=quiet, progress=progress)
+                              quiet=quiet, progress=progress, path=path)
         try:
             learn.model.load_state_dict(ckpt["model"])
             learn.create_opt()

@@ -7,16 +7,14 @@ discriminative learning rates, and transfer learning replaces `head` alone.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    from fastai.torch_core import params
-    from fastai.vision.models.xresnet import xresnet18
+from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
+from fastai.torch_core import params
+from fastai.vision.models.xresnet import xresnet18
 
 from .errors import OptionError
 

@@ -6,15 +6,13 @@ fastai's HTML progress.
 """
 from __future__ import annotations
 
-import warnings
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    from fastai.callback.core import Callback
-    from fastcore.basics import noop
+from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
+from fastai.callback.core import Callback
+from fastcore.basics import noop
 
 
 def _fmt(v) -> str:
@@ -43,8 +41,7 @@ class RichProgress(Callback):
     def _run_epochs(self) -> tuple[int, int]:
         """(epochs of earlier phases, epochs in the whole run): a fine-tuning run fits twice,
         and its rows and bars should count on from phase one as run.json does."""
-        rec = getattr(self.learn, "run_recorder", None)
-        return (rec.offset, rec.record.total_epochs) if rec is not None else (0, self.n_epoch)
+        return getattr(self.learn, "epoch_offset", 0), getattr(self.learn, "run_epochs", None) or self.n_epoch
 
     def _launch(self, what: str):
         offset, total = self._run_epochs()

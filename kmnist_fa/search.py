@@ -368,11 +368,21 @@ def pruning_available() -> None:
 
 
 def _pruning_callback(trial):
-    """optuna-integration's fastai callback: reports validation accuracy each epoch, stops the fit when
-    the pruner says so (after this epoch's checkpoint is written: it runs after RunRecorder)."""
+    """optuna-integration's fastai callback, reporting validation accuracy at the run's epoch (a
+    fine-tuning run's second fit counts on from its first) and stopping the fit when the pruner says
+    so, after that epoch's checkpoint is written (it runs after RunRecorder)."""
+    from fastai.callback.core import CancelFitException
+    from fastai.callback.tracker import TrackerCallback
     from optuna_integration import FastAIV2PruningCallback
 
-    return FastAIV2PruningCallback(trial, monitor="accuracy")
+    class RunPruning(FastAIV2PruningCallback):
+        def after_epoch(self):
+            TrackerCallback.after_epoch(self)
+            self.trial.report(self.recorder.final_record[self.idx], step=getattr(self.learn, "run_epoch", self.epoch))
+            if self.trial.should_prune():
+                raise CancelFitException()
+
+    return RunPruning(trial, monitor="accuracy")
 
 
 def run_member(path: Path, cfg: TrainConfig, cbs: list | None) -> str:

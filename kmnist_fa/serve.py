@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .config import TTA_N
 from .errors import DataError
 
 MAX_BYTES = 5 * 2**20
@@ -32,7 +33,7 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"
 class Predictor:
     """The loaded runs and how to combine them; one call per image."""
 
-    def __init__(self, members: Sequence, tta: bool = False, tta_n: int = 4, method: str = "mean"):
+    def __init__(self, members: Sequence, tta: bool = False, tta_n: int = TTA_N, method: str = "mean"):
         from .ensemble import check_members
 
         self.members, self.tta, self.tta_n, self.method = list(members), tta, tta_n, method

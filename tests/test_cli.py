@@ -18,10 +18,14 @@ def run(*args, **kw):
 
 
 def test_help_lists_every_command():
+    import re
+
     r = run("--help")
     assert r.exit_code == 0
-    for cmd in ("train", "lr-find", "archs", "data", "models"):
-        assert cmd in r.output
+    panel = r.output.split("Commands")[1]
+    listed = re.findall(r"^│ (\S+) ", panel, re.M)  # first cell of each row, not words of the descriptions
+    assert listed == ["archs", "train", "recipes", "lr-find", "sweep", "tune", "predict", "ensemble", "serve",
+                      "export", "interpret", "evaluate", "data", "models"]
     assert run("--version").output.strip() == f"kmnist-fa {__version__}"
 
 
@@ -102,11 +106,14 @@ def test_lr_find_cli(kmnist_dir, tmp_path):
 
 
 def test_benchmark_smoke(kmnist_dir):
-    """All tables of bench.py still run: training, data pipeline per preset, inference, export; RSS in each."""
+    """All tables of bench.py still run: training, patches, data pipeline per preset, inference, export; RSS in each."""
     r = subprocess.run([sys.executable, "benchmarks/bench.py", "--smoke", "--datasets", "kmnist-10k",
                         "--kmnist", str(kmnist_dir)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ") and "img/s" not in line]
+    patches = [c for c in rows if c[2].strip() in ("dispatch", "untyped")]  # each patch against stock fastai
+    assert [c[2].strip() for c in patches] == ["dispatch", "untyped"] and all(float(c[4]) > 0 for c in patches)
+    rows = [c for c in rows if c not in patches]
     labels = [c[0].strip() for c in rows]
     assert labels == ["kmnist-10k / lenet5", "kmnist-10k / none", "kmnist-10k / light", "kmnist-10k / heavy",
                       "alexnet5", "alexnet5 TTA n=4", "default reference (predict with no --model)",

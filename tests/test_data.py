@@ -172,3 +172,24 @@ def test_compat_fallbacks(monkeypatch):
     assert type(compat.no_subclass_dispatch()).__name__ == "DisableTorchFunctionSubclass"
     monkeypatch.delattr(torch._C, "DisableTorchFunctionSubclass")
     assert isinstance(compat.no_subclass_dispatch(), contextlib.nullcontext)
+
+
+def test_training_without_the_private_patches_is_identical(synth, tmp_path, monkeypatch):
+    """With both patches switched back to stock fastai (what the fallbacks amount to when a private name
+    disappears), a heavy-augmentation run gives the same losses and weights."""
+    import contextlib
+
+    from kmnist_fa import compat
+    from kmnist_fa import data as kdata
+    from kmnist_fa.config import TrainConfig
+    from kmnist_fa.learner import train
+
+    cfg = TrainConfig.build(arch="lenet5", epochs=2, lr=3e-3, bs=32, aug="heavy", data=str(synth))
+    a = train(cfg, name="patched", root=tmp_path, quiet=True)
+    monkeypatch.setattr(compat, "PER_BATCH_EVENTS", ())
+    monkeypatch.setattr(kdata, "no_subclass_dispatch", contextlib.nullcontext)
+    b = train(cfg, name="stock", root=tmp_path, quiet=True)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(a.record.history) == strip(b.record.history)
+    sa, sb = a.learn.model.state_dict(), b.learn.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -232,3 +232,41 @@ def test_predict_json(lenet_run, valid, tmp_path):
     rows = json.loads(r.stdout)
     assert r.exit_code == 0 and rows[0]["id"] == "a.png" and rows[0]["name"] == lenet_run.record.classes[rows[0]["class"]]
     assert 0.1 < rows[0]["prob"] <= 1
+
+
+def test_learn_predict_takes_what_fastai_users_pass(lenet_run, loaded, valid, tmp_path):
+    """A loaded run's Learner is a fastai Learner: `learn.predict` on a PIL image, a path, an array
+    or a tensor gives what `kmnist-fa predict` gives for the same image file."""
+    import json
+
+    from kmnist_fa.errors import DataError
+
+    img = Image.fromarray(255 - np.kron(valid[0][3], np.ones((3, 3), np.uint8)))  # 84x84, dark ink on white
+    img.save(tmp_path / "c.png")
+    r = runner.invoke(app, ["predict", str(tmp_path / "c.png"), "-m", str(lenet_run.path), "--json"])
+    cli = json.loads(r.stdout)[0]
+    learn = loaded.learn
+    for item in (img, tmp_path / "c.png", str(tmp_path / "c.png"), np.asarray(img), torch.tensor(np.asarray(img)),
+                 np.asarray(img, np.float32) / 255):
+        name, idx, probs = learn.predict(item)
+        assert (name, int(idx)) == (loaded.classes[cli["class"]], cli["class"])
+        assert float(probs.max()) == pytest.approx(cli["prob"], abs=1e-4)
+    assert learn.predict(valid[0][3])[0] == learn.predict(img)[0]  # framed the same way as a 28x28 dataset image
+    with pytest.raises(DataError, match="is an index, and a loaded run holds no images"):
+        learn.predict(np.int64(0))
+    with pytest.raises(DataError, match="expected a 2-D grayscale array"):
+        learn.predict(np.zeros((3, 28, 28)))
+    assert learn.path == lenet_run.path  # fastai callbacks that write to learn.path keep to the run
+
+
+def test_fastai_callbacks_write_into_the_run_folder(kmnist, tmp_path):
+    from fastai.callback.progress import CSVLogger
+
+    from kmnist_fa.config import TrainConfig
+    from kmnist_fa.learner import train
+
+    cfg = TrainConfig.build(arch="lenet5", epochs=1, lr=3e-3, data=str(kmnist.root), aug="none")
+    res = train(cfg, name="csv", root=tmp_path, quiet=True, data=kmnist, cbs=[CSVLogger(fname="fastai_log.csv")])
+    log = (res.path / "fastai_log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,train_loss,valid_loss,accuracy") and len(log) == 2
+    assert res.learn.path == res.path and not list(res.path.glob("tmp*"))

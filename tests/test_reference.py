@@ -29,7 +29,7 @@ def test_shipped_run_loads_and_reproduces_its_check_batch(path, kmnist):
     assert n_params(model) == rec.n_params == sum(v.numel() for k, v in sd.items() if "running" not in k
                                                   and "num_batches" not in k)
     run = load_run(path, cpu=True)
-    check = rec.extra["check"]  # written by benchmarks/export_reference.py, kept through migration
+    check = rec.extra["check"]  # written by tools/export_reference.py, kept through migration
     n = len(check["classes"])
     probs = predict_probs(run, kmnist.train_x[:n])
     assert probs.argmax(1).tolist() == check["classes"]

@@ -136,7 +136,7 @@ def test_mixup_and_cutmix_train(kmnist, tmp_path, mix):
     r = train(_cfg(kmnist, epochs=2, **{mix: True}), name=mix, root=tmp_path, quiet=True, data=kmnist, cbs=[seen])
     assert r.record.config.get(mix) and r.record.best.accuracy > 0.5
     assert all(h["train_loss"] is not None for h in r.record.history)  # finite, not NaN (recorded as missing)
-    assert "CrossEntropyLoss" not in seen.train_lf and seen.valid_lf == {"CrossEntropyLoss"}
+    assert "CrossEntropyLossFlat" not in seen.train_lf and seen.valid_lf == {"CrossEntropyLossFlat"}
 
 
 def test_existing_name_refused(lenet_run):

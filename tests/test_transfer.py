@@ -30,8 +30,7 @@ class Spy(Callback):
         self.frozen_body, self.lrs = None, []
 
     def after_epoch(self):
-        rec = [c for c in self.learn.cbs if type(c).__name__ == "RunRecorder"][0]
-        if rec.offset == 0 and self.frozen_body is None:
+        if self.learn.epoch_offset == 0 and self.frozen_body is None:
             self.frozen_body = {k: v.detach().clone() for k, v in self.learn.model[0].state_dict().items()}
 
     def after_batch(self):
@@ -118,3 +117,49 @@ def test_progress_rows_count_epochs_across_phases(parent12, kmnist, tmp_path):
     res = train(cfg, root=tmp_path, progress=RichProgress(Console(file=buf, width=200)))
     rows = [line.split() for line in buf.getvalue().splitlines() if line.strip()[:1].isdigit()]
     assert [int(r[0]) for r in rows] == [h["epoch"] for h in res.record.history] == [0, 1, 2]
+
+
+class LRLog(Callback):
+    """Every training batch's per-group LR and momentum, frozen phase included."""
+    order = 60
+
+    def __init__(self):
+        self.log = []
+
+    def after_batch(self):
+        if self.training:
+            self.log.append([(round(h["lr"], 12), round(h["mom"], 12)) for h in self.learn.opt.hypers])
+
+
+def test_fine_tune_schedule_equals_fastai_fine_tune(parent12, tmp_path):
+    """Both phases, every batch, every parameter group: the LRs (and momenta) of fastai's own fine_tune."""
+    from kmnist_fa.datasets import load_dataset
+    from kmnist_fa.learner import build_learner, prepare
+
+    data = load_dataset(data=str(parent12.path.parent.parent / "toy12"))
+    cfg = TrainConfig.build(arch="lenet5", epochs=2, freeze_epochs=1, lr=4e-3, from_run=str(parent12.path),
+                            data=str(data.root))
+    ours = LRLog()
+    train(cfg, name="ours", root=tmp_path, quiet=True, data=data, cbs=[ours])
+    _, dls = prepare(cfg, data)
+    model, _ = init_from(str(parent12.path), "lenet5", 12, None, None)
+    learn = build_learner(dls, cfg, model=model, quiet=True)
+    theirs = LRLog()
+    learn.fine_tune(2, base_lr=4e-3, freeze_epochs=1, cbs=[theirs])
+    assert len(ours.log) == len(theirs.log) > 0 and ours.log == theirs.log
+    frozen = ours.log[len(ours.log) // 6]
+    assert frozen[0][0] == pytest.approx(frozen[1][0] / 10)  # slice(base_lr): body BN at lr/10, as fastai
+
+
+def test_transfer_takes_momentum_and_refuses_other_schedules(parent12, kmnist, tmp_path):
+    spy = LRLog()
+    cfg = TrainConfig.build(arch="lenet5", epochs=1, freeze_epochs=1, lr=3e-3, mom=0.8, from_run=str(parent12.path),
+                            data=str(kmnist.root))
+    train(cfg, name="m", root=tmp_path, quiet=True, data=kmnist, cbs=[spy])
+    assert {m for row in spy.log for _, m in row} == {0.8}
+    with pytest.raises(OptionError, match="--schedule flat: transfer .--from. follows fastai's fine_tune"):
+        TrainConfig.build(arch="lenet5", schedule="flat", from_run=str(parent12.path))
+    # a run.json written before this check recorded a schedule it did not use: read as what ran
+    d = cfg.to_dict()
+    d["optim"]["schedule"] = "flat"
+    assert TrainConfig.from_dict(d).optim.schedule == "one-cycle"

@@ -5,6 +5,7 @@ import contextlib
 import functools
 import os
 import warnings
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from ..config import OPTIONS
+from ..config import OPTIONS, TTA_N
 from ..errors import KmnistError
 
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
@@ -114,7 +115,8 @@ ModelsDirOpt = typer.Option(None, "--models-dir", help="Where runs live (default
 TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fastai tta) per model "
                       "(default: on for the shipped reference ensemble, off for --model runs).")
 TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model with --tta, plus the clean pass "
-                       "(default 4; the reference ensemble's own setting when it is used).")
+                       f"(default {TTA_N}; the reference ensemble's own setting when it is used).")
+CpuOpt = typer.Option(False, "--cpu", help=OPTIONS["cpu"].help)  # the training option, for inference commands
 MethodOpt = typer.Option("mean", "--method", help="Combine models by 'mean' of probabilities or majority 'vote'.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output (JSON on stdout) instead of tables.")
 
@@ -130,3 +132,47 @@ SeedOpt = typer.Option(42, "--seed", min=0, help="Seed for TTA's random augmenta
                        "the same inputs, runs, options and seed give a byte-identical CSV.")
 SplitOpt = typer.Option("valid", "--split", help="valid: the run's own validation split; test: the dataset's "
                         "labelled test set.")
+
+
+def default_text(o) -> str:
+    d = "unset" if o.default is None else str(o.default).lower() if isinstance(o.default, bool) else str(o.default)
+    if o.meta["recipe"]:
+        return f" (default: the recipe's, else {d})"
+    return "" if o.default in (None, False) else f" (default: {d})"
+
+
+def training_options(fn):
+    """Attach every training option of `config.OPTIONS` (plus --recipe) to a command.
+
+    Generated, so a new option declared in config.py appears in `train`, `lr-find`
+    and `sweep` at once. Every default is None, meaning "from the recipe" (the
+    architecture's default recipe unless --recipe names another), so only options
+    typed on the command line override it.
+    """
+    import inspect
+
+    from ..config import OPTIONS
+
+    opts = {"recipe": (Optional[str], typer.Option(None, "--recipe", help="Named recipe (`kmnist-fa recipes`) or a "
+                                                   ".toml file; default: default-ARCH. Options below override it."))}
+    for name, o in OPTIONS.items():
+        if not o.flag.startswith("--"):  # positional (ARCH): each command declares it
+            continue
+        decl = f"{o.flag}/--no-{o.flag[2:]}" if o.type is bool else o.flag
+        opts[name] = (Optional[o.type], typer.Option(None, decl, help=o.help + default_text(o)))
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t)
+               for k, (t, o) in opts.items()]
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
+
+
+@contextlib.contextmanager
+def interrupt_note(how: str):
+    """Ctrl-C: one line saying how to continue, exit code 130 (the shell's convention for SIGINT)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(f"interrupted: continue with `{how}`", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None

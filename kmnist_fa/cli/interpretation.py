@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import (DataOpt, DatasetOpt, JsonOpt, ModelsDirOpt, QuietOpt, SplitOpt, TtaNOpt, app, err, friendly,
+from ..config import TTA_N
+from .common import (CpuOpt, DataOpt, DatasetOpt, JsonOpt, ModelsDirOpt, QuietOpt, SplitOpt, TtaNOpt, app, err, friendly,
                      inference_progress, note, out, print_json, show)
 
 
@@ -22,7 +23,7 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
                   out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
                                                          "(default: models/RUN/interpret/)."),
                   models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
-                  cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
+                  cpu: bool = CpuOpt):
     """Confusion matrix, top losses, most-confused pairs, per-class metrics and an HTML report."""
     from ..inference import load_run, run_data
     from ..interpret import interpret, write_interpretation
@@ -30,7 +31,7 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
     run = load_run(run_name, models_dir, cpu=cpu)
     d = run_data(run, data, dataset)
     with inference_progress([run], quiet):
-        interp, notes = interpret(run, d, split, tta, tta_n or 4)
+        interp, notes = interpret(run, d, split, tta, tta_n or TTA_N)
     target = out_dir or run.path / "interpret"
     res = write_interpretation(run, interp, target, split, tta, notes, top_k)
     for msg in notes:
@@ -59,7 +60,7 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
                  tta_n: Optional[int] = TtaNOpt,
                  as_json: bool = JsonOpt,
                  models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
-                 cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
+                 cpu: bool = CpuOpt):
     """Accuracy, loss and error count of runs on a split; flags runs trained on other data or splits."""
     from dataclasses import asdict
 
@@ -70,7 +71,7 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     for name in run_names:
         run = load_run(name, models_dir, cpu=cpu)
         with inference_progress([run], quiet):
-            results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n or 4))
+            results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n or TTA_N))
         splits.add((run.record.data.fingerprint, run.split()))
     if split == "valid" and len(splits) > 1:
         for r in results:

@@ -7,8 +7,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..config import TTA_N
 from ..errors import OptionError
-from .common import (DataOpt, DatasetOpt, MethodOpt, ModelsDirOpt, SeedOpt, TtaNOpt, TtaOpt, app, err, friendly,
+from .common import (CpuOpt, DataOpt, DatasetOpt, MethodOpt, ModelsDirOpt, SeedOpt, TtaNOpt, TtaOpt, app, err, friendly,
                      JsonOpt, QuietOpt, inference_progress, note, out, print_json, show)
 
 
@@ -51,7 +52,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
                                                        "(Id,Category) here."),
                 probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write per-class probabilities."),
                 models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt, as_json: bool = JsonOpt,
-                cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
+                cpu: bool = CpuOpt):
     """Predict classes for images; several --model runs are ensembled. Writes Id,Category CSVs."""
     import torch
 
@@ -65,13 +66,13 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
     if onnx:
         from ..runtime import OnnxClassifier
 
-        members, use_tta, tta_n = [OnnxClassifier(onnx[0])], bool(tta), tta_n or 4
+        members, use_tta, tta_n = [OnnxClassifier(onnx[0])], bool(tta), tta_n or TTA_N
         classes = members[0].classes
     else:
         members, defaults = _members(model, models_dir, cpu)
         classes = check_members(members)
         use_tta = tta if tta is not None else defaults["tta"]
-        tta_n = tta_n or defaults.get("tta_n", 4)
+        tta_n = tta_n or defaults.get("tta_n", TTA_N)
     got = collect_inputs(inputs, invert)
     for e in got.errors:
         err.print(note("warning:", "yellow", e), highlight=False, soft_wrap=True)
@@ -114,7 +115,7 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
                                                         "(default: beside --out, else not drawn)."),
                  as_json: bool = JsonOpt,
                  models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
-                 cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
+                 cpu: bool = CpuOpt):
     """Combine runs (mean or vote, optional TTA): per-member accuracy and agreement, submission CSV."""
     from ..ensemble import analyse, disagreement_heatmap, write_probs, write_submission
     from ..images import collect_inputs
@@ -128,7 +129,7 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     else:
         images, labels, ids = d.test_x, d.test_y, [str(i) for i in range(len(d.test_x))]
     with inference_progress(members, quiet):
-        res = analyse(members, d, images, labels, method, tta, tta_n or 4, seed)
+        res = analyse(members, d, images, labels, method, tta, tta_n or TTA_N, seed)
     if as_json:
         print_json({k: res[k] for k in ("rows", "names", "notes", "shared_split")}
                    | {"disagreement": res["disagreement"].tolist()})
@@ -169,7 +170,7 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
               port: int = typer.Option(7860, "--port", min=1, max=65535, help="TCP port."),
               tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: str = MethodOpt,
               models_dir: Optional[Path] = ModelsDirOpt,
-              cpu: bool = typer.Option(False, "--cpu", help="Use the CPU even when CUDA is available.")):
+              cpu: bool = CpuOpt):
     """Web demo: draw a character (or upload an image) and watch the top-3 guesses. Needs the demo extra."""
     try:
         import uvicorn
@@ -178,7 +179,7 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
     from ..serve import Predictor, create_app
 
     members, defaults = _members(model, models_dir, cpu)
-    predictor = Predictor(members, tta if tta is not None else defaults["tta"], tta_n or defaults.get("tta_n", 4),
+    predictor = Predictor(members, tta if tta is not None else defaults["tta"], tta_n or defaults.get("tta_n", TTA_N),
                           method)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(note("warning:", "yellow", f"--host {host}: the demo is reachable from other machines on the "

@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import OptionError
-from .common import JsonOpt, ModelsDirOpt, app, err, friendly, out, print_json, show
-from .training import _config, _interrupt_note, _train_options
+from ..recipes import resolve_config
+from .common import JsonOpt, ModelsDirOpt, app, err, friendly, interrupt_note, out, print_json, show, training_options
 
 FoldsOpt = typer.Option(None, "--folds", help="With --n-folds: which folds, e.g. 0,1 or all (default all).")
 JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes on this machine (one GPU each when "
@@ -32,7 +32,7 @@ def _report_failures(outcome: dict[str, str]) -> None:
 
 @app.command("sweep")
 @friendly
-@_train_options
+@training_options
 def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
               param: list[str] = typer.Option(..., "--param", "-p", help="NAME=V1,V2,... to sweep; repeatable "
                                               "(lr, wd, mom, epochs, bs, dropout, label_smoothing, opt, aug, ...)."),
@@ -54,7 +54,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     params = [sw.parse_param(p) for p in param]
     if opts.get("n_folds"):
         opts["fold"] = 0  # a valid placeholder for the base config; each job sets its own fold
-    cfg, recipe = _config(arch, opts.pop("recipe"), opts)
+    cfg, recipe = resolve_config(arch, opts.pop("recipe"), opts)
     sweep_name = check_name(name or f"{cfg.arch}-sweep")
     root = mdir(models_dir) / sweep_name
     plan = sw.plan(cfg, params, mode, cfg.split.n_folds, folds)
@@ -74,7 +74,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         t = threading.Thread(target=refresh, daemon=True)
         t.start()
         try:
-            with _interrupt_note("the same sweep command again (finished runs are kept)"):
+            with interrupt_note("the same sweep command again (finished runs are kept)"):
                 outcome = sw.run_sweep(cfg, plan, root, jobs, threads)
         finally:
             stop.set()
@@ -104,7 +104,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
 
 @app.command("tune")
 @friendly
-@_train_options
+@training_options
 def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
              param: list[str] = typer.Option(..., "--param", "-p", help="What to search; repeatable: a range "
                                              "LOW:HIGH (uniform; whole numbers for int options), LOW:HIGH:log, or "
@@ -145,7 +145,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
         raise OptionError("--param: each parameter may be given once")
     if opts.get("n_folds"):
         opts["fold"] = 0  # a valid placeholder for the base config; each trial sets its own folds
-    cfg, recipe = _config(arch, opts.pop("recipe"), opts)
+    cfg, recipe = resolve_config(arch, opts.pop("recipe"), opts)
     name = check_name(study or f"{cfg.arch}-tune")
     root = mdir(models_dir) / name
     spec = search.StudySpec(
@@ -172,7 +172,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
         t = threading.Thread(target=refresh, daemon=True)
         t.start()
         try:
-            with _interrupt_note("the same tune command again (finished trials are kept)"):
+            with interrupt_note("the same tune command again (finished trials are kept)"):
                 outcome = search.run_workers(spec, jobs, threads)
         finally:
             stop.set()

@@ -1,7 +1,6 @@
 """`kmnist-fa archs|train|recipes|lr-find`."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +8,8 @@ import typer
 from rich.table import Table
 
 from ..errors import OptionError
-from .common import JsonOpt, ModelsDirOpt, app, err, friendly, out, print_json, show
+from ..recipes import resolve_config
+from .common import JsonOpt, ModelsDirOpt, app, err, friendly, interrupt_note, out, print_json, show, training_options
 
 
 @app.command("archs")
@@ -32,49 +32,9 @@ def archs(as_json: bool = JsonOpt):
 
 
 
-def _config(arch: str | None, recipe: str | None, opts: dict):
-    from ..recipes import resolve_config
-
-    return resolve_config(arch, recipe, opts)
-
-
-def _default_text(o) -> str:
-    d = "unset" if o.default is None else str(o.default).lower() if isinstance(o.default, bool) else str(o.default)
-    if o.meta["recipe"]:
-        return f" (default: the recipe's, else {d})"
-    return "" if o.default in (None, False) else f" (default: {d})"
-
-
-def _train_options(fn):
-    """Attach every training option of `config.OPTIONS` (plus --recipe) to a command.
-
-    Generated, so a new option declared in config.py appears in `train`, `lr-find`
-    and `sweep` at once. Every default is None, meaning "from the recipe" (the
-    architecture's default recipe unless --recipe names another), so only options
-    typed on the command line override it.
-    """
-    import inspect
-
-    from ..config import OPTIONS
-
-    opts = {"recipe": (Optional[str], typer.Option(None, "--recipe", help="Named recipe (`kmnist-fa recipes`) or a "
-                                                   ".toml file; default: default-ARCH. Options below override it."))}
-    for name, o in OPTIONS.items():
-        if not o.flag.startswith("--"):  # positional (ARCH): each command declares it
-            continue
-        decl = f"{o.flag}/--no-{o.flag[2:]}" if o.type is bool else o.flag
-        opts[name] = (Optional[o.type], typer.Option(None, decl, help=o.help + _default_text(o)))
-    sig = inspect.signature(fn)
-    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t)
-               for k, (t, o) in opts.items()]
-    fn.__signature__ = sig.replace(parameters=params)
-    return fn
-
-
 @app.command("train")
 @friendly
-@_train_options
+@training_options
 def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`); optional "
                                                   "with a --recipe that names one."),
               name: Optional[str] = typer.Option(None, "--name", help="Run name (default ARCH-DATE-TIME)."),
@@ -94,17 +54,17 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
             raise OptionError("--resume uses the run's saved options: give no ARCH")
         from ..learner import resume as resume_run
 
-        with _interrupt_note(f"kmnist-fa train --resume {resume}"):
+        with interrupt_note(f"kmnist-fa train --resume {resume}"):
             res = resume_run(resume, models_dir, quiet=quiet, progress=_progress(quiet), log=log)
     else:
         if arch is None and not opts.get("recipe"):
             raise OptionError("ARCH is required (see `kmnist-fa archs`), or --recipe NAME, or --resume NAME")
-        cfg, _ = _config(arch, opts.pop("recipe"), opts)  # every option is checked before torch loads
+        cfg, _ = resolve_config(arch, opts.pop("recipe"), opts)  # every option is checked before torch loads
         name = check_name(name or default_name(cfg.arch))
         from ..learner import train
 
         resume_cmd = f"kmnist-fa train --resume {name}" + (f" --models-dir {models_dir}" if models_dir else "")
-        with _interrupt_note(resume_cmd):
+        with interrupt_note(resume_cmd):
             res = train(cfg, name, models_dir, quiet=quiet, progress=_progress(quiet), log=log)
     rec = res.record
     acc = rec.best.accuracy if rec.best else None
@@ -117,16 +77,6 @@ def _progress(quiet: bool):
     from ..progress import RichProgress
 
     return None if quiet else RichProgress(err)
-
-
-@contextlib.contextmanager
-def _interrupt_note(how: str):
-    """Ctrl-C: one line saying how to continue, exit code 130 (the shell's convention for SIGINT)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        err.print(f"interrupted: continue with `{how}`", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
 
 
 @app.command("recipes")
@@ -149,7 +99,7 @@ def recipes_cmd(as_json: bool = JsonOpt):
 
 @app.command("lr-find")
 @friendly
-@_train_options
+@training_options
 def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
                 out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Where to write the plot (PNG)."),
                 **opts):
@@ -157,7 +107,7 @@ def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (s
     from ..learner import build_learner, prepare, suggest_lrs
     from ..progress import RichProgress
 
-    cfg, _ = _config(arch, opts.pop("recipe"), opts)
+    cfg, _ = resolve_config(arch, opts.pop("recipe"), opts)
     _, dls = prepare(cfg)
     learn = build_learner(dls, cfg, progress=RichProgress(err))
     sugg = suggest_lrs(learn, out_file)

@@ -6,7 +6,7 @@ suite recomputes to prove the shipped weights still load and behave. `default.js
 names the members of the default ensemble that `kmnist-fa predict` uses and its TTA
 settings.
 
-    python benchmarks/export_reference.py cv-out/runs/alexnet7-heavy-40-full:alexnet7 ... \
+    python tools/export_reference.py cv-out/runs/alexnet7-heavy-40-full:alexnet7 ... \
         --default alexnet7 --tta-n 8 --data ../shared/data/kmnist-10k
 """
 from __future__ import annotations

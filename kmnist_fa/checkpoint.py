@@ -29,6 +29,7 @@ from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
 from fastai.callback.core import Callback
 from fastcore.foundation import L
 
+from .distributed import unwrap
 from .atomic import torch_save, write_csv
 from .errors import RunError
 from .runs import CKPT_FILE, CURVES_FILE, HISTORY_FILE, MODEL_FILE, Best, RunRecord, cpu_state, load_state
@@ -162,7 +163,7 @@ class RunRecorder(Callback):
             rec.best = Best(epoch, acc, row.get("valid_loss"), row.get("train_loss"))
         rec.epochs_done = epoch + 1
         rec.wall_time_s = round(self.wall0 + time.time() - self.t0, 2)
-        model = cpu_state(self.learn.model)
+        model = cpu_state(unwrap(self.learn.model))
         sl = self.recorder.smooth_loss
         progress = {"history": rec.history, "best": vars(rec.best), "epochs_done": rec.epochs_done,
                     "wall_time_s": rec.wall_time_s}

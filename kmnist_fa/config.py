@@ -26,6 +26,7 @@ from .errors import OptionError
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SCHEDULES = ("one-cycle", "flat", "cosine")
 AUG_PRESETS = ("none", "light", "heavy")
+PRECISIONS = ("fp32", "bf16", "fp16")
 TTA_N = 4  # fastai's `tta` default: augmented passes before the clean one is blended in
 TTA_BETA = 0.25  # fastai's `tta` default: weight of the clean pass against the mean of the augmented passes
 
@@ -235,6 +236,8 @@ class OptimConfig:
                                min=0, max=1, max_open=True, sweep=True)
     wd: float | None = option(None, "Weight decay (unset: fastai's default for the optimiser).", min=0, sweep=True)
     schedule: str = option("one-cycle", "LR schedule: " + ", ".join(SCHEDULES) + ".", choices=SCHEDULES, sweep=True)
+    precision: str = option("fp32", "Mixed precision, CUDA only: fp32, bf16 or fp16 (fastai's to_bf16/to_fp16; "
+                            "master weights stay fp32).", choices=PRECISIONS, sweep=True)
 
     def __post_init__(self):
         _check_fields(self)

@@ -115,9 +115,25 @@ class ArrayDL(TfmdDL):
     so `dls.test_dl(...)` with foreign items still works.
     """
 
+    shard: tuple[int, int] | None = None  # (rank, world size) in data-parallel training (`distributed`)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.after_batch = UntypedOpsPipeline(self.after_batch, split_idx=self.after_batch.split_idx)
+
+    def get_idxs(self):
+        """This process's slice of the epoch's order; every process draws the same order (same seed)."""
+        idxs = super().get_idxs()
+        if self.shard is None:
+            return idxs
+        rank, size = self.shard
+        return list(idxs)[rank:len(idxs) // size * size:size]
+
+    def __len__(self):
+        if self.shard is None:
+            return super().__len__()
+        n = self.n // self.shard[1]
+        return n // self.bs + (0 if self.drop_last or n % self.bs == 0 else 1)
 
     def create_batches(self, samps):
         cols = self._columns()

@@ -7,6 +7,7 @@ which run.json stores; the CLI and notebooks call `train()` / `resume()` /
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 
 from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
+from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.callback.mixup import CutMix, MixUp
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler, SchedCos, minimum, slide, steep, valley
@@ -26,7 +28,7 @@ from fastai.optimizer import SGD, Adam, RMSProp
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
 
-from . import runs
+from . import distributed, runs
 from .checkpoint import RunRecorder, finalize, load_checkpoint, load_opt_state, publish, set_rng_state
 from .compat import HandlerDispatchLearner
 from .config import OPTIMIZERS as OPT_NAMES
@@ -77,6 +79,11 @@ def build_learner(dls, cfg: TrainConfig, model: torch.nn.Module | None = None, q
     learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=r.label_smoothing),
                     opt_func=opt_func, metrics=[accuracy, error_rate], splitter=splitter, wd=o.wd, cbs=cbs,
                     path=path or SCRATCH_DIR, model_dir=SCRATCH_DIR)
+    if o.precision != "fp32":
+        if torch.device(dls.device).type != "cuda":
+            raise OptionError(f"--precision {o.precision}: mixed precision needs a CUDA device and this run is on "
+                              "the CPU (use fp32: CPU autocast was not measured to help these models)")
+        learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16 if o.precision == "bf16" else AMPMode.FP16))
     if quiet or progress is not None:
         learn.remove_cb(ProgressCallback)
     if quiet:
@@ -147,16 +154,19 @@ def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = N
     """
     name = runs.check_name(name or runs.default_name(cfg.arch))
     path = runs.models_dir(root) / name
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        with runs.run_lock(path):
-            _clear_unstarted(path, name, log)
-            return _start(cfg, path, name, root, quiet, progress, data, cbs, log)
-    except BaseException:
-        if created and not any(path.iterdir()):  # refused before it wrote anything: leave no empty folder
-            path.rmdir()
-        raise
+    with distributed.process_group(default_device(cfg.cpu).type == "cuda"):
+        if not distributed.is_writer():  # a data-parallel peer: trains, never writes
+            return _start(cfg, path, name, root, True, None, data, cbs, lambda m: None, writer=False)
+        created = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            with runs.run_lock(path):
+                _clear_unstarted(path, name, log)
+                return _start(cfg, path, name, root, quiet, progress, data, cbs, log)
+        except BaseException:
+            if created and not any(path.iterdir()):  # refused before it wrote anything: leave no empty folder
+                path.rmdir()
+            raise
 
 
 _UNSTARTED_FILES = {runs.RUN_FILE, runs.HISTORY_FILE, runs.CURVES_FILE}
@@ -181,7 +191,7 @@ def _clear_unstarted(path: Path, name: str, log: Callable[[str], None]) -> None:
                       f"or `--resume {name}` to continue it")
 
 
-def _start(cfg, path, name, root, quiet, progress, data, cbs, log) -> TrainResult:
+def _start(cfg, path, name, root, quiet, progress, data, cbs, log, writer: bool = True) -> TrainResult:
     data, dls = prepare(cfg, data)
     if "recipe" in cfg.extra:
         log(f"recipe: {cfg.extra['recipe'] or 'none (toolkit defaults)'}")
@@ -204,18 +214,26 @@ def _start(cfg, path, name, root, quiet, progress, data, cbs, log) -> TrainResul
         classes=info.classes, chars=info.chars, norm=Norm(info.mean, info.std), data=DataSource(**data.provenance()),
         split=SplitSizes(len(info.train_idx), len(info.valid_idx)), total_epochs=cfg.total_epochs,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"), device=str(dls.device), versions=runs.versions(), parent=parent)
-    record.write(path)
-    return _run_fit(learn, cfg, lr, path, record, 0, cbs)
+    if distributed.world()[1] > 1:
+        record.extra["distributed"] = distributed.record_info(cfg.optim.bs)
+    if writer:
+        record.write(path)
+    return _run_fit(learn, cfg, lr, path, record, 0, cbs, writer=writer)
 
 
-def _run_fit(learn, cfg, lr, path, record, start_epoch, cbs, smooth_loss=None, best_state=None) -> TrainResult:
-    recorder = RunRecorder(path, record, start_epoch, smooth_loss, best_state)
-    learn.add_cbs([recorder, *(cbs or [])])
+def _run_fit(learn, cfg, lr, path, record, start_epoch, cbs, smooth_loss=None, best_state=None,
+             writer: bool = True) -> TrainResult:
+    own = [RunRecorder(path, record, start_epoch, smooth_loss, best_state)] if writer else []
+    if distributed.world()[1] > 1:
+        own.append(distributed.DataParallel())
+    learn.add_cbs([*own, *(cbs or [])])
     try:
         if start_epoch < record.total_epochs:
             _fit(learn, cfg, lr, start_epoch)
     finally:
-        learn.remove_cbs([recorder, *(cbs or [])])
+        learn.remove_cbs([*own, *(cbs or [])])
+    if not writer:
+        return TrainResult(path, record, learn)
     finalize(path, record)
     # hand back the best epoch's weights, which is what model.pth holds
     learn.model.load_state_dict(runs.load_state(path / runs.MODEL_FILE))
@@ -231,36 +249,49 @@ def resume(name_or_path: str | Path, root: str | Path | None = None, quiet: bool
     with its saved options, which gives the same result as never having stopped.
     """
     path = runs.run_path(name_or_path, root)
-    with runs.run_lock(path):
+    cuda = default_device(RunRecord.read(path).config.cpu).type == "cuda"
+    with distributed.process_group(cuda):
+        writer = distributed.is_writer()  # data-parallel peers read the checkpoint and never write
+        with runs.run_lock(path) if writer else contextlib.nullcontext():
+            return _resume(path, root, writer, quiet, progress, data, cbs, log)
+
+
+def _resume(path, root, writer, quiet, progress, data, cbs, log) -> TrainResult:
+    if not writer:
+        quiet, progress, log = True, None, (lambda m: None)
+    else:
         runs.remove_leftovers(path)
-        record = RunRecord.read(path)
-        ckpt_file = path / runs.CKPT_FILE
-        if record.complete:
+    record = RunRecord.read(path)
+    ckpt_file = path / runs.CKPT_FILE
+    if record.complete:
+        if writer:
             ckpt_file.unlink(missing_ok=True)  # left by a kill between the final run.json and its removal
-            raise RunError(f"{path}: run is already complete ({record.epochs_done} epochs); nothing to resume")
-        if not ckpt_file.exists():
-            if record.epochs_done:
-                raise RunError(f"{ckpt_file}: missing, although {record.epochs_done} epochs are recorded; the run "
-                               f"cannot continue: train it again under a new --name")
+        raise RunError(f"{path}: run is already complete ({record.epochs_done} epochs); nothing to resume")
+    if not ckpt_file.exists():
+        if record.epochs_done:
+            raise RunError(f"{ckpt_file}: missing, although {record.epochs_done} epochs are recorded; the run "
+                           f"cannot continue: train it again under a new --name")
+        if writer:
             _clear_unstarted(path, record.name, log)
-            return _start(record.config, path, record.name, root, quiet, progress, data, cbs, log)
-        cfg = record.config
-        data, dls = prepare(cfg, data)
-        if data.fingerprint != record.data.fingerprint:
-            raise RunError(f"{path}: the data found now differs from the data this run was trained on "
-                           f"({record.data.root}); pass the same --data")
-        ckpt, record, best_state = load_checkpoint(path, record, dls.device)
+        return _start(record.config, path, record.name, root, quiet, progress, data, cbs, log, writer)
+    cfg = record.config
+    data, dls = prepare(cfg, data)
+    if data.fingerprint != record.data.fingerprint:
+        raise RunError(f"{path}: the data found now differs from the data this run was trained on "
+                       f"({record.data.root}); pass the same --data")
+    ckpt, record, best_state = load_checkpoint(path, record, dls.device)
+    if writer:
         publish(path, record, best_state)  # views that a kill left behind the commit catch up first
-        m = cfg.model
-        learn = build_learner(dls, cfg, model=create_model(m.arch, len(data.classes), m.bn, m.dropout),
-                              quiet=quiet, progress=progress, path=path)
-        try:
-            learn.model.load_state_dict(ckpt["model"])
-            learn.create_opt()
-            load_opt_state(learn.opt, ckpt["opt"])
-            set_rng_state(ckpt["rng"], dls.train)
-        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:
-            raise RunError(f"{ckpt_file}: does not fit this run ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
-        return _run_fit(learn, cfg, record.lr, path, record, record.epochs_done, cbs, ckpt["smooth_loss"],
-                        best_state)
+    m = cfg.model
+    learn = build_learner(dls, cfg, model=create_model(m.arch, len(data.classes), m.bn, m.dropout),
+                          quiet=quiet, progress=progress, path=path)
+    try:
+        learn.model.load_state_dict(ckpt["model"])
+        learn.create_opt()
+        load_opt_state(learn.opt, ckpt["opt"])
+        set_rng_state(ckpt["rng"], dls.train)
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:
+        raise RunError(f"{ckpt_file}: does not fit this run ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    return _run_fit(learn, cfg, record.lr, path, record, record.epochs_done, cbs, ckpt["smooth_loss"],
+                    best_state, writer)

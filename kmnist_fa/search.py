@@ -112,6 +112,8 @@ class StudySpec:
     seed: int = 0
     epochs: int = 1
     identity: dict = field(default_factory=dict)  # what must match when the study is continued
+    track: list = field(default_factory=list)  # experiment trackers for every member (`tracking`)
+    tracking_parent: str | None = None  # the study's MLflow parent run
 
 
 def storage_url(spec: StudySpec) -> str:
@@ -406,6 +408,8 @@ def run_trial(study, trial, spec: StudySpec, outcome: dict[str, str]) -> None:
     import optuna
     from optuna.trial import TrialState
 
+    from . import tracking
+
     params = {p.name: p.suggest(trial) for p in spec.params}
     n = original(study.get_trials(deepcopy=False)[trial.number])
     stem = member_stem(spec, n, params)
@@ -417,8 +421,8 @@ def run_trial(study, trial, spec: StudySpec, outcome: dict[str, str]) -> None:
             cfg = base.replace(**params, fold=fold, full=False)
             cfg.extra[spec.kind] = {"study": spec.study, "trial": n, "params": params} if spec.kind == "tune" \
                 else Path(spec.root).name
-            cbs = [_pruning_callback(trial)] if i == 0 and spec.pruner != "none" else None
-            outcome[path.name] = run_member(path, cfg, cbs)
+            cbs = [_pruning_callback(trial)] if i == 0 and spec.pruner != "none" else []
+            outcome[path.name] = run_member(path, cfg, cbs + tracking.callbacks(spec.track, spec.tracking_parent))
         except optuna.TrialPruned:
             outcome[path.name] = "pruned"
             study.tell(trial, state=TrialState.PRUNED)

@@ -63,7 +63,7 @@ def plan(base: TrainConfig, params, mode: str, n_folds: int | None, folds: str |
 
 
 def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1,
-              threads: int | None = None) -> dict[str, str]:
+              threads: int | None = None, track: list[str] | None = None) -> dict[str, str]:
     """Run every job (skipping finished ones); returns name -> trained/resumed/skipped/unreadable: .../failed: ...
 
     Each config is an enqueued trial of an Optuna study in `root` (see `search`), so
@@ -83,7 +83,11 @@ def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1
         root=str(root), study="sweep", base=base_d, kind="sweep",
         params=[search.Param(n, choices=tuple(dict.fromkeys(c[n] for c in configs))) for n in names],
         folds=list(dict.fromkeys(j.fold for j in jobs_list)), sampler="random",
-        identity={"kind": "sweep", "base": base_d})
+        identity={"kind": "sweep", "base": base_d}, track=list(track or []))
+    if "mlflow" in spec.track:
+        from .tracking import parent_run
+
+        spec.tracking_parent = parent_run(root.name, "sweep", {"params": ", ".join(names)})
     study = search.open_study(spec)
     live = {config_id(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,
                                                                                     TrialState.RUNNING))}

@@ -43,8 +43,9 @@ def _tune(kmnist, models, *args, **kw):
 def test_tune_cli_outputs_resume_and_extend(kmnist, tmp_path):
     args = ["-p", "lr=1e-3:1e-2:log", "-p", "aug=none,light", "--trials", "3", "--pruner", "none", "--study", "s",
             "--json"]
-    r = _tune(kmnist, tmp_path, *args, "--save-recipe", str(tmp_path / "best.toml"))
+    r = _tune(kmnist, tmp_path, *args, "--save-recipe", str(tmp_path / "best.toml"), "--track", "tensorboard")
     assert r.exit_code == 0, r.output
+    assert all(any((p / "tensorboard").iterdir()) for p in (tmp_path / "s").glob("trial*"))  # every member tracked
     res = json.loads(r.stdout)
     assert [t["state"] for t in res["trials"]] == ["complete"] * 3
     assert set(res["outcome"].values()) == {"trained"} and len(res["outcome"]) == 3

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ..errors import OptionError
 from ..recipes import resolve_config
-from .common import JsonOpt, ModelsDirOpt, app, err, friendly, interrupt_note, out, print_json, show, training_options
+from .common import JsonOpt, ModelsDirOpt, TrackOpt, app, err, friendly, interrupt_note, out, print_json, show, training_options
 
 FoldsOpt = typer.Option(None, "--folds", help="With --n-folds: which folds, e.g. 0,1 or all (default all).")
 JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes on this machine (one GPU each when "
@@ -41,7 +41,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
               folds: Optional[str] = FoldsOpt, jobs: int = JobsOpt, threads: Optional[int] = ThreadsOpt,
               name: Optional[str] = typer.Option(None, "--name", help="Sweep name: runs go to models/NAME/ "
                                                  "(default ARCH-sweep)."),
-              save_recipe: Optional[Path] = SaveRecipeOpt,
+              save_recipe: Optional[Path] = SaveRecipeOpt, track: list[str] = TrackOpt,
               as_json: bool = JsonOpt, models_dir: Optional[Path] = ModelsDirOpt, **opts):
     """Line or grid search over k folds; resumable; results table, CSV, plot and best recipe."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -56,6 +56,9 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         opts["fold"] = 0  # a valid placeholder for the base config; each job sets its own fold
     cfg, recipe = resolve_config(arch, opts.pop("recipe"), opts)
     sweep_name = check_name(name or f"{cfg.arch}-sweep")
+    from ..tracking import check_trackers
+
+    track = check_trackers(track)
     root = mdir(models_dir) / sweep_name
     plan = sw.plan(cfg, params, mode, cfg.split.n_folds, folds)
     n_cfg = len({sw.config_id(j.config) for j in plan})
@@ -75,7 +78,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         t.start()
         try:
             with interrupt_note("the same sweep command again (finished runs are kept)"):
-                outcome = sw.run_sweep(cfg, plan, root, jobs, threads)
+                outcome = sw.run_sweep(cfg, plan, root, jobs, threads, track)
         finally:
             stop.set()
             t.join()
@@ -127,7 +130,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
              sampler_seed: int = typer.Option(0, "--sampler-seed", help="Seed of the sampler (trainings use "
                                               "--seed)."),
              jobs: int = JobsOpt, threads: Optional[int] = ThreadsOpt, save_recipe: Optional[Path] = SaveRecipeOpt,
-             as_json: bool = JsonOpt, models_dir: Optional[Path] = ModelsDirOpt, **opts):
+             track: list[str] = TrackOpt, as_json: bool = JsonOpt, models_dir: Optional[Path] = ModelsDirOpt, **opts):
     """Optuna search over ranges and choices, k-fold, pruned, resumable, shared by many workers.
 
     Re-running the same command continues the study; the same command on other
@@ -156,7 +159,12 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
                   "folds": search.fold_list(cfg.split.n_folds, folds)})
     if pruner != "none":
         search.pruning_available()
+    from ..tracking import check_trackers, parent_run
+
+    spec.track = check_trackers(track)
     st = search.open_study(spec)  # storage, identity and sampler checked before any worker starts
+    if "mlflow" in spec.track:
+        spec.tracking_parent = parent_run(name, "tune", {"space": " ".join(str(p) for p in params)})
     if sampler == "grid":  # the grid is queued up to the budget; workers run the queue
         with search.claim_lock(spec.root):
             search.enqueue_grid(st, spec, trials)

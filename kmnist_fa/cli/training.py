@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..errors import OptionError
 from ..recipes import resolve_config
-from .common import JsonOpt, ModelsDirOpt, app, err, friendly, interrupt_note, out, print_json, show, training_options
+from .common import JsonOpt, ModelsDirOpt, TrackOpt, app, err, friendly, interrupt_note, out, print_json, show, training_options
 
 
 @app.command("archs")
@@ -41,7 +41,7 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
               resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run by name; "
                                                    "its saved options are used."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch table."),
-              models_dir: Optional[Path] = ModelsDirOpt, **opts):
+              track: list[str] = TrackOpt, models_dir: Optional[Path] = ModelsDirOpt, **opts):
     """Train a model into models/NAME/ (best epoch kept, resumable, atomic writes).
 
     Ctrl-C stops after saying how to continue; a killed run loses at most the epoch in progress.
@@ -53,19 +53,27 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         if arch is not None:
             raise OptionError("--resume uses the run's saved options: give no ARCH")
         from ..learner import resume as resume_run
+        from ..tracking import callbacks
 
+        cbs = callbacks(track)
         with interrupt_note(f"kmnist-fa train --resume {resume}"):
-            res = resume_run(resume, models_dir, quiet=quiet, progress=_progress(quiet), log=log)
+            res = resume_run(resume, models_dir, quiet=quiet, progress=_progress(quiet), log=log, cbs=cbs)
     else:
         if arch is None and not opts.get("recipe"):
             raise OptionError("ARCH is required (see `kmnist-fa archs`), or --recipe NAME, or --resume NAME")
         cfg, _ = resolve_config(arch, opts.pop("recipe"), opts)  # every option is checked before torch loads
         name = check_name(name or default_name(cfg.arch))
         from ..learner import train
+        from ..tracking import callbacks
 
+        cbs = callbacks(track)  # trackers checked before training starts
         resume_cmd = f"kmnist-fa train --resume {name}" + (f" --models-dir {models_dir}" if models_dir else "")
         with interrupt_note(resume_cmd):
-            res = train(cfg, name, models_dir, quiet=quiet, progress=_progress(quiet), log=log)
+            res = train(cfg, name, models_dir, quiet=quiet, progress=_progress(quiet), log=log, cbs=cbs)
+    from ..distributed import is_writer
+
+    if not is_writer():  # data-parallel peers: rank 0 reports
+        return
     rec = res.record
     acc = rec.best.accuracy if rec.best else None
     out.print(f"run {rec.name}: {rec.epochs_done} epochs in {rec.wall_time_s:.0f}s; "
@@ -107,7 +115,11 @@ def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (s
     from ..learner import build_learner, prepare, suggest_lrs
     from ..progress import RichProgress
 
+    from ..distributed import world
+
     cfg, _ = resolve_config(arch, opts.pop("recipe"), opts)
+    if world()[1] > 1:
+        raise OptionError("lr-find runs in one process: start it without torchrun / accelerate launch")
     _, dls = prepare(cfg)
     learn = build_learner(dls, cfg, progress=RichProgress(err))
     sugg = suggest_lrs(learn, out_file)

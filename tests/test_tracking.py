@@ -1,0 +1,73 @@
+"""`--track tensorboard|mlflow`: what the trackers record matches the run's own history."""
+import csv
+
+import pytest
+
+from kmnist_fa import tracking
+from kmnist_fa.config import TrainConfig
+from kmnist_fa.errors import OptionError
+from kmnist_fa.learner import resume, train
+
+from .test_training import Interrupt
+
+
+def _history(path):
+    with open(path / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _cfg(kmnist, **kw):
+    return TrainConfig.build(**{**dict(arch="lenet5", epochs=2, lr=3e-3, data=str(kmnist.root), aug="none"), **kw})
+
+
+def test_tensorboard_scalars_match_history_across_a_resume(kmnist, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with pytest.raises(KeyboardInterrupt):  # stopped after its first epoch, then resumed: one curve
+        train(_cfg(kmnist), name="tb", root=tmp_path, quiet=True, data=kmnist,
+              cbs=[*tracking.callbacks(["tensorboard"]), Interrupt(0)])
+    res = resume("tb", root=tmp_path, quiet=True, data=kmnist, cbs=tracking.callbacks(["tensorboard"]))
+    ea = EventAccumulator(str(res.path / tracking.TB_DIR), size_guidance={"scalars": 0, "images": 0})
+    ea.Reload()
+    per_epoch = len([e for e in ea.Scalars("train_loss")]) // 2
+    hist = _history(res.path)
+    for name in ("valid_loss", "accuracy"):
+        events = ea.Scalars(name)
+        assert [e.step for e in events] == [per_epoch, 2 * per_epoch]  # steps go on after the resume
+        assert [e.value for e in events] == pytest.approx([float(h[name]) for h in hist], abs=1e-6)
+    assert [e.step for e in ea.Scalars("train_loss")] == list(range(1, 2 * per_epoch + 1))
+    assert {"lr_0", "mom_0"} <= set(ea.Tags()["scalars"]) and "confusion_matrix" in ea.Tags()["images"]
+
+
+def test_mlflow_records_params_metrics_artifacts_and_parent(kmnist, tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("t", artifact_location=str(tmp_path / "art")))
+    parent = tracking.parent_run("s", "sweep", {"param": "lr"})
+    assert tracking.parent_run("s", "sweep", {"param": "lr"}) == parent  # found again, not duplicated
+    res = train(_cfg(kmnist), name="ml", root=tmp_path, quiet=True, data=kmnist,
+                cbs=tracking.callbacks(["mlflow"], parent=parent))
+    client = mlflow.MlflowClient()
+    run = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()]) if
+           r.data.tags.get(tracking.RUN_TAG, "").endswith("/ml")][0]
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
+    assert run.data.params["arch"] == "lenet5" and float(run.data.params["lr"]) == 3e-3
+    acc = client.get_metric_history(run.info.run_id, "accuracy")
+    assert [(m.step, round(m.value, 6)) for m in acc] == [(int(h["epoch"]), round(float(h["accuracy"]), 6))
+                                                          for h in _history(res.path)]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "run")}
+    assert {"run/run.json", "run/model.pth", "run/history.csv"} <= arts
+
+
+def test_unknown_or_uninstalled_tracker_is_refused(monkeypatch):
+    with pytest.raises(OptionError, match="--track must be one of tensorboard, mlflow, got 'wandb'"):
+        tracking.check_trackers(["wandb"])
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlflow" else real(n, *a))
+    with pytest.raises(OptionError, match=r"--track mlflow: needs mlflow: pip install 'kmnist-fa\[track\]'"):
+        tracking.check_trackers(["mlflow"])

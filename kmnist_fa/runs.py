@@ -47,9 +47,9 @@ def models_dir(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get("KMNIST_FA_MODELS") or "models")
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, label: str = "--name") -> str:
     if not _NAME_RE.match(name):
-        raise OptionError(f"--name: {name[:80]!r} is not a valid run name (letters, digits, '.', '_', '-'; "
+        raise OptionError(f"{label}: {name[:80]!r} is not a valid run name (letters, digits, '.', '_', '-'; "
                           "no slashes; at most 200 characters)")
     return name
 

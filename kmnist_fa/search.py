@@ -25,6 +25,7 @@ import socket
 import statistics
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -120,6 +121,13 @@ def storage_url(spec: StudySpec) -> str:
     return spec.storage or str(Path(spec.root) / STORAGE_FILE)
 
 
+def shown_url(url: str) -> str:
+    """A storage URL for messages: the password of `user:password@host` never reaches a terminal or log."""
+    import re
+
+    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", url)[:200]
+
+
 def _storage(spec: StudySpec):
     import optuna
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -137,8 +145,8 @@ def _storage(spec: StudySpec):
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
     except Exception as e:  # sqlalchemy's and grpc's errors for bad URLs, missing drivers, unreachable servers
-        why = " ".join(str(e).split("(Background on this error")[0].split())[:200]
-        raise OptionError(f"--storage {url[:200]}: cannot open ({type(e).__name__}: {why})") from None
+        why = shown_url(" ".join(str(e).split("(Background on this error")[0].split()))
+        raise OptionError(f"--storage {shown_url(url)}: cannot open ({type(e).__name__}: {why})") from None
 
 
 def _sampler(spec: StudySpec):
@@ -208,13 +216,13 @@ def open_study(spec: StudySpec):
         study.set_user_attr("identity", spec.identity)
     elif stored != spec.identity:
         diff = [k for k in set(stored) | set(spec.identity) if stored.get(k) != spec.identity.get(k)]
-        raise OptionError(f"study {spec.study!r} in {storage_url(spec)[:200]} was started with other "
+        raise OptionError(f"study {spec.study!r} in {shown_url(storage_url(spec))} was started with other "
                           f"{', '.join(sorted(diff))}; repeat its options, or give another --study/--name")
-    _STORAGES[id(study)] = storage
+    _STORAGES[study] = storage
     return study
 
 
-_STORAGES: dict[int, Any] = {}  # study -> its storage object (Optuna keeps it private)
+_STORAGES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # study -> its storage (private in Optuna)
 
 
 @contextlib.contextmanager
@@ -223,7 +231,7 @@ def _heartbeat(study, trial) -> Iterator[None]:
     inside `study.optimize`, and workers here claim trials themselves."""
     import threading
 
-    storage = _STORAGES.get(id(study))
+    storage = _STORAGES.get(study)
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if not interval:
         yield

@@ -15,6 +15,7 @@ Both need the `track` extra: `pip install "kmnist-fa[track]"`. Only rank 0 logs.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from pathlib import Path
@@ -52,16 +53,11 @@ def callbacks(names: list[str] | None, parent: str | None = None) -> list[Callba
     return cbs
 
 
-def _tensorboard_base():
-    from fastai.callback.tensorboard import TensorBoardCallback
-
-    return TensorBoardCallback
-
-
 def RunTensorBoard():  # noqa: N802  (a callback factory: fastai's module imports tensorboard)
     return _run_tensorboard_class()(trace_model=False, log_preds=False)
 
 
+@functools.lru_cache(maxsize=1)
 def _run_tensorboard_class():
     """fastai's `TensorBoardCallback` with steps counted over the whole run, in `<run>/tensorboard/`.
 
@@ -71,9 +67,9 @@ def _run_tensorboard_class():
     `show_results`); the validation confusion matrix is added at the end instead.
     Built on first use, since fastai's module imports tensorboard.
     """
-    base = _tensorboard_base()
+    from fastai.callback.tensorboard import TensorBoardCallback
 
-    class _RunTensorBoard(base):
+    class _RunTensorBoard(TensorBoardCallback):
         def before_fit(self):
             self.log_dir = str(Path(self.learn.path) / TB_DIR)
             self.per_epoch = len(self.dls.train)

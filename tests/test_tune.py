@@ -179,3 +179,12 @@ def test_rdb_storage_beats_and_retries_a_silent_worker(kmnist, tmp_path):
     assert set(outcome) == {"trial000-holdout", "trial002-holdout"}  # folders follow the original trial
     with sqlite3.connect(db) as c:
         assert c.execute("select count(*) from trial_heartbeats").fetchone()[0] == 3
+
+
+def test_storage_passwords_stay_out_of_messages():
+    assert search.shown_url("postgresql://user:s3cret@db.example/kmnist") == "postgresql://user:***@db.example/kmnist"
+    spec = search.StudySpec(root="/nonexistent", study="x", base={}, params=[], folds=[None],
+                            storage="postgresql+nodriver://user:s3cret@db.example/kmnist")
+    with pytest.raises(OptionError) as e:
+        search._storage(spec)
+    assert "s3cret" not in str(e.value) and "user:***@db.example" in str(e.value)

@@ -149,7 +149,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
     if opts.get("n_folds"):
         opts["fold"] = 0  # a valid placeholder for the base config; each trial sets its own folds
     cfg, recipe = resolve_config(arch, opts.pop("recipe"), opts)
-    name = check_name(study or f"{cfg.arch}-tune")
+    name = check_name(study or f"{cfg.arch}-tune", "--study")
     root = mdir(models_dir) / name
     spec = search.StudySpec(
         root=str(root), study=name, base=cfg.to_dict(), params=params, kind="tune", budget=trials,
@@ -170,7 +170,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
             search.enqueue_grid(st, spec, trials)
         spec.budget = None
     err.print(f"study {name}: {trials} trials x {len(spec.folds)} folds ({sampler}, pruner {pruner}, recipe "
-              f"{recipe or 'none'}, {jobs} worker(s)) in {search.storage_url(spec)}", highlight=False)
+              f"{recipe or 'none'}, {jobs} worker(s)) in {search.shown_url(search.storage_url(spec))}", highlight=False)
     stop = threading.Event()
     with Live(_trials_table(st, spec), console=err, transient=True, auto_refresh=False) as live:
         def refresh():

@@ -28,7 +28,24 @@ from .errors import OptionError
 
 TRACKERS = ("tensorboard", "mlflow")
 TB_DIR = "tensorboard"
-RUN_TAG = "kmnist_fa.run"  # the run folder an MLflow run belongs to (found again on resume)
+RUN_TAG = "kmnist_fa.run"  # the run folder (or study) an MLflow run belongs to, for people
+KEY_TAG = "kmnist_fa.key"  # a hash of it, for finding the run again: paths may hold quotes a filter cannot
+
+
+def _find(mlflow, what: str) -> str | None:
+    """The id of the MLflow run tagged with `what`, if there is one."""
+    import hashlib
+
+    key = hashlib.sha256(what.encode()).hexdigest()
+    found = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{KEY_TAG}` = '{key}'",
+                               output_format="list", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _tags(what: str) -> dict:
+    import hashlib
+
+    return {RUN_TAG: what, KEY_TAG: hashlib.sha256(what.encode()).hexdigest()}
 
 
 def check_trackers(names: list[str] | None) -> list[str]:
@@ -147,25 +164,29 @@ class MLflowRun(Callback):
         self.mlflow = mlflow
         folder = Path(self.learn.path).resolve()
         rec = RunRecord.read(folder)
-        found = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{RUN_TAG}` = '{folder}'",
-                                   output_format="list", max_results=1)
+        found = _find(mlflow, str(folder))
+        active = mlflow.active_run()
+        if active and active.info.run_id == found:  # left open by an interrupted fit in this process
+            mlflow.end_run("KILLED")
+        nested = mlflow.active_run() is not None  # inside a run of the user's own
         if found:  # a resume, or the second phase of fine-tuning: the same MLflow run goes on
-            mlflow.start_run(run_id=found[0].info.run_id)
+            mlflow.start_run(run_id=found, nested=nested)
         else:
-            tags = {RUN_TAG: str(folder), **({"mlflow.parentRunId": self.parent} if self.parent else {})}
-            mlflow.start_run(run_name=rec.name, tags=tags)
+            tags = {**_tags(str(folder)), **({"mlflow.parentRunId": self.parent} if self.parent else {})}
+            mlflow.start_run(run_name=rec.name, tags=tags, nested=nested)
             mlflow.log_params(rec.config.flat())
+        self.logged = len(rec.history)  # rows an earlier part of the run has logged already
 
     def after_epoch(self):
         if not self.active:
             return
         from .runs import RunRecord
 
-        history = RunRecord.read(self.learn.path).history  # the row RunRecorder has just committed
-        if history:
-            row = history[-1]
+        history = RunRecord.read(self.learn.path).history  # with the row RunRecorder has just committed
+        for row in history[self.logged:]:  # none for the epochs a resume skips
             self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and v is not None},
                                     step=int(row["epoch"]))
+        self.logged = len(history)
 
     def after_fit(self):
         if not self.active:
@@ -185,10 +206,9 @@ def parent_run(study: str, kind: str, params: dict) -> str:
     import mlflow
 
     tag = f"{kind}:{study}"
-    found = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{RUN_TAG}` = '{tag}'",
-                               output_format="list", max_results=1)
+    found = _find(mlflow, tag)
     if found:
-        return found[0].info.run_id
-    with mlflow.start_run(run_name=f"{kind} {study}", tags={RUN_TAG: tag}) as r:
+        return found
+    with mlflow.start_run(run_name=f"{kind} {study}", tags=_tags(tag)) as r:
         mlflow.log_params(params)
         return r.info.run_id

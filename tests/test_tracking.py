@@ -39,7 +39,7 @@ def test_tensorboard_scalars_match_history_across_a_resume(kmnist, tmp_path):
     assert {"lr_0", "mom_0"} <= set(ea.Tags()["scalars"]) and "confusion_matrix" in ea.Tags()["images"]
 
 
-def test_mlflow_records_params_metrics_artifacts_and_parent(kmnist, tmp_path, monkeypatch):
+def test_mlflow_records_params_metrics_artifacts_and_parent_across_a_resume(kmnist, tmp_path, monkeypatch):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -48,11 +48,16 @@ def test_mlflow_records_params_metrics_artifacts_and_parent(kmnist, tmp_path, mo
     mlflow.set_experiment(experiment_id=mlflow.create_experiment("t", artifact_location=str(tmp_path / "art")))
     parent = tracking.parent_run("s", "sweep", {"param": "lr"})
     assert tracking.parent_run("s", "sweep", {"param": "lr"}) == parent  # found again, not duplicated
-    res = train(_cfg(kmnist), name="ml", root=tmp_path, quiet=True, data=kmnist,
-                cbs=tracking.callbacks(["mlflow"], parent=parent))
+    root = tmp_path / "it's here"  # a quote in the path must not break finding the run again
+    with pytest.raises(KeyboardInterrupt):  # interrupted after epoch 0 and resumed: one MLflow run goes on
+        train(_cfg(kmnist), name="ml", root=root, quiet=True, data=kmnist,
+              cbs=[*tracking.callbacks(["mlflow"], parent=parent), Interrupt(0)])
+    res = resume("ml", root=root, quiet=True, data=kmnist, cbs=tracking.callbacks(["mlflow"], parent=parent))
     client = mlflow.MlflowClient()
-    run = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()]) if
-           r.data.tags.get(tracking.RUN_TAG, "").endswith("/ml")][0]
+    mine = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()]) if
+            r.data.tags.get(tracking.RUN_TAG, "").endswith("/ml")]
+    assert len(mine) == 1
+    run = mine[0]
     assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
     assert run.data.params["arch"] == "lenet5" and float(run.data.params["lr"]) == 3e-3
     acc = client.get_metric_history(run.info.run_id, "accuracy")

@@ -170,6 +170,11 @@ class DataConfig:
     dataset: str | None = option(None, "Named dataset: kmnist, fashion, mnist, k49 (MD5s enforced).", recipe=False)
     data: str | None = option(None, "Folder of MNIST-format files (idx or npz); overrides env KMNIST_FA_DATA.",
                               recipe=False)
+    pseudo: str | None = option(None, "Self-training: teacher runs (comma-separated; {fold} becomes this run's "
+                                "fold) label the dataset's unlabelled test images with TTA, and the confident ones "
+                                "join the training split with hard labels.", recipe=False)
+    pseudo_threshold: float = option(0.95, "Self-training: least teacher probability for a pseudo-label.",
+                                     min=0, max=1, sweep=True)
 
     def __post_init__(self):
         if self.data is not None and not isinstance(self.data, str):  # a Path from Python code

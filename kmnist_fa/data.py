@@ -251,6 +251,7 @@ class DataInfo:
     aug: str
     train_idx: np.ndarray
     valid_idx: np.ndarray
+    pseudo: dict | None = None  # what self-training added to the training split (`semi`)
 
 
 def image_stats(images: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
@@ -282,11 +283,13 @@ def default_device(cpu: bool = False) -> torch.device:
 
 
 def make_dls(data: MnistData, split: SplitSpec | None = None, aug: str = "light", bs: int = 64,
-             device: torch.device | str | None = None, stats: tuple[float, float] | None = None) -> DataLoaders:
+             device: torch.device | str | None = None, stats: tuple[float, float] | None = None,
+             extra: tuple[np.ndarray, np.ndarray] | None = None) -> DataLoaders:
     """DataLoaders for a split of the labelled images.
 
     Normalisation stats come from the training split only (as in the report), unless
     `stats` is given (fine-tuning keeps the parent's); they travel in `dls.info`.
+    `extra` (images, labels) joins the training split only: pseudo-labelled images.
     """
     split = split or SplitSpec()
     if bs < 1:
@@ -299,13 +302,17 @@ def make_dls(data: MnistData, split: SplitSpec | None = None, aug: str = "light"
         raise OptionError(f"--bs {bs} is larger than the {len(train_idx):,} training images: an epoch would be a "
                           "single step")
     mean, std = stats or image_stats(data.train_x[train_idx])
+    x, y = data.train_x, data.train_y
+    if extra is not None and len(extra[0]):
+        train_idx = np.concatenate([train_idx, np.arange(len(y), len(y) + len(extra[0]))])
+        x, y = np.concatenate([x, extra[0]]), np.concatenate([y, extra[1].astype(y.dtype)])
     block = DataBlock(
-        blocks=(TransformBlock(type_tfms=ArrayImage(data.train_x)), CategoryBlock(vocab=data.classes, sort=False)),
-        get_y=ArrayLabel(data.train_y, data.classes),
+        blocks=(TransformBlock(type_tfms=ArrayImage(x)), CategoryBlock(vocab=data.classes, sort=False)),
+        get_y=ArrayLabel(y, data.classes),
         splitter=lambda _: (list(train_idx), list(valid_idx)),
         batch_tfms=batch_tfms(mean, std, aug),
     )
-    dls = block.dataloaders(np.arange(len(data.train_y)), bs=bs, dl_type=ArrayDL, num_workers=0,
+    dls = block.dataloaders(np.arange(len(y)), bs=bs, dl_type=ArrayDL, num_workers=0,
                             device=device or default_device(), drop_last=len(train_idx) > bs)
     dls.info = DataInfo(mean, std, list(data.classes), data.chars, split, aug, train_idx, valid_idx)
     return dls

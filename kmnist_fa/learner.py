@@ -136,11 +136,19 @@ class TrainResult:
     learn: Learner
 
 
-def prepare(cfg: TrainConfig, data: MnistData | None = None):
-    """Seeded data + DataLoaders for a config (the same calls in train and resume)."""
+def prepare(cfg: TrainConfig, data: MnistData | None = None, root: str | Path | None = None):
+    """Seeded data + DataLoaders for a config (the same calls in train and resume); `root` is where
+    self-training's teacher runs are looked up by name."""
     set_seed(cfg.split.seed, reproducible=True)
     data = data or load_dataset(cfg.data.dataset, cfg.data.data)
-    dls = make_dls(data, cfg.split, cfg.reg.aug, cfg.optim.bs, default_device(cfg.cpu))
+    extra = info = None
+    if cfg.data.pseudo:
+        from .semi import pseudo_labels
+
+        x, y, info = pseudo_labels(cfg, data, root)  # seeded TTA: the caller's random streams are untouched
+        extra = (x, y)
+    dls = make_dls(data, cfg.split, cfg.reg.aug, cfg.optim.bs, default_device(cfg.cpu), extra=extra)
+    dls.info.pseudo = info
     return data, dls
 
 
@@ -192,7 +200,10 @@ def _clear_unstarted(path: Path, name: str, log: Callable[[str], None]) -> None:
 
 
 def _start(cfg, path, name, root, quiet, progress, data, cbs, log, writer: bool = True) -> TrainResult:
-    data, dls = prepare(cfg, data)
+    data, dls = prepare(cfg, data, root)
+    if dls.info.pseudo:
+        p = dls.info.pseudo
+        log(f"--pseudo: {p['images']:,} of {p['of']:,} test images labelled with probability >= {p['threshold']}")
     if "recipe" in cfg.extra:
         log(f"recipe: {cfg.extra['recipe'] or 'none (toolkit defaults)'}")
     model = parent = None
@@ -216,6 +227,8 @@ def _start(cfg, path, name, root, quiet, progress, data, cbs, log, writer: bool 
         created=time.strftime("%Y-%m-%dT%H:%M:%S"), device=str(dls.device), versions=runs.versions(), parent=parent)
     if distributed.world()[1] > 1:
         record.extra["distributed"] = distributed.record_info(cfg.optim.bs)
+    if info.pseudo:
+        record.extra["pseudo"] = info.pseudo
     if writer:
         record.write(path)
     return _run_fit(learn, cfg, lr, path, record, 0, cbs, writer=writer)
@@ -275,10 +288,13 @@ def _resume(path, root, writer, quiet, progress, data, cbs, log) -> TrainResult:
             _clear_unstarted(path, record.name, log)
         return _start(record.config, path, record.name, root, quiet, progress, data, cbs, log, writer)
     cfg = record.config
-    data, dls = prepare(cfg, data)
+    data, dls = prepare(cfg, data, root)
     if data.fingerprint != record.data.fingerprint:
         raise RunError(f"{path}: the data found now differs from the data this run was trained on "
                        f"({record.data.root}); pass the same --data")
+    if record.extra.get("pseudo") != dls.info.pseudo:
+        raise RunError(f"{path}: its teachers now label the test images differently from when it started "
+                       f"(--pseudo {cfg.data.pseudo}); train it again under a new --name")
     ckpt, record, best_state = load_checkpoint(path, record, dls.device)
     if writer:
         publish(path, record, best_state)  # views that a kill left behind the commit catch up first

@@ -80,6 +80,12 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
         ("normalisation", f"mean {rec.norm.mean:.4f}, std {rec.norm.std:.4f}"),
         ("versions", ", ".join(f"{k} {v}" for k, v in rec.versions.items())),
     ]
+    p = rec.extra.get("pseudo")  # untrusted like all of run.json: shown as bounded text
+    if isinstance(p, dict):
+        teachers = p.get("teachers")
+        names = ", ".join(map(str, teachers)) if isinstance(teachers, list) else str(teachers)
+        rows.append(("self-training", f"{str(p.get('images'))[:12]} pseudo-labelled test images from "
+                                      f"{names[:200]} (p >= {str(p.get('threshold'))[:12]})"))
     rows += [("lineage", " <- ".join([rec.name, *lineage(rec)]))] if rec.parent else []
     rows += [(f"option {k}", str(v)) for k, v in rec.config.flat().items()]
     for k, v in rows:

@@ -1,0 +1,69 @@
+"""Self-training on a dataset's unlabelled test images (`--pseudo TEACHER...`).
+
+Teacher runs predict the test images with TTA (seeded, so a resumed run rebuilds the
+same pseudo-labels); the images whose mean teacher probability reaches
+`--pseudo-threshold` join the training split with the teachers' class as a hard label.
+Validation images never do, and the normalisation statistics stay those of the
+labelled training split.
+
+Honest validation needs teachers that never saw this run's validation images: a run
+with a validation split only takes teachers trained on the same labelled data and the
+same split (`--pseudo a7-f{fold}` names one teacher per fold of a k-fold study). A
+`--full` run may take any teacher trained on the same labelled data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import runs
+from .config import TTA_N, TrainConfig
+from .datasets import MnistData
+from .errors import DataError, OptionError, RunError
+
+
+def teacher_names(spec: str, fold: int | None) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise OptionError("--pseudo: no teacher runs given")
+    if any("{fold}" in n for n in names) and fold is None:
+        raise OptionError("--pseudo: {fold} needs a k-fold run (--n-folds K --fold I)")
+    return [n.replace("{fold}", str(fold)) for n in names]
+
+
+def check_teacher(name: str, teacher: runs.RunRecord, cfg: TrainConfig, data: MnistData) -> None:
+    """Refuse a teacher that saw this run's validation images, or other labelled data."""
+    if teacher.data.fingerprint != data.fingerprint:
+        raise RunError(f"--pseudo {name}: trained on other labelled data ({teacher.data.name}); a teacher must be "
+                       "trained on this run's data")
+    if teacher.classes != list(data.classes):
+        raise RunError(f"--pseudo {name}: its classes differ from this dataset's")
+    s, t = cfg.split, teacher.config.split
+    if not s.full and (t.full, t.n_folds, t.fold, t.valid_pct, t.seed) != (s.full, s.n_folds, s.fold, s.valid_pct,
+                                                                            s.seed):
+        raise RunError(f"--pseudo {name}: trained on another split ({t.describe()}), so it saw images this run "
+                       f"validates on ({s.describe()}); use a teacher trained on the same split")
+
+
+def pseudo_labels(cfg: TrainConfig, data: MnistData, root: str | Path | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(images, labels, what run.json records) for the confident pseudo-labels of the test images."""
+    from .ensemble import combine
+    from .inference import load_run, predict_probs
+
+    if data.test_x is None or not len(data.test_x):
+        raise DataError(f"--pseudo: {data.name} has no unlabelled test images to label")
+    names = teacher_names(cfg.data.pseudo, cfg.split.fold)
+    probs = []
+    for n in names:
+        path = runs.run_path(n, root)
+        run = load_run(path, cpu=cfg.cpu)
+        check_teacher(n, run.record, cfg, data)
+        probs.append(predict_probs(run, data.test_x, tta=True, n=TTA_N).cpu())
+    conf, label = combine(probs, "mean").max(1)
+    keep = (conf >= cfg.data.pseudo_threshold).numpy()
+    info = {"teachers": names, "threshold": cfg.data.pseudo_threshold, "targets": "hard", "tta_n": TTA_N,
+            "images": int(keep.sum()), "of": len(data.test_x),
+            "per_class": np.bincount(label.numpy()[keep], minlength=data.c).tolist()}
+    return data.test_x[keep], label.numpy()[keep].astype(np.int64), info

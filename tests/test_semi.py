@@ -1,0 +1,57 @@
+"""Self-training (`--pseudo`): confident pseudo-labels join the training split only, from honest teachers."""
+import pytest
+import torch
+
+from kmnist_fa.config import TrainConfig
+from kmnist_fa.errors import OptionError, RunError
+from kmnist_fa.learner import resume, train
+from kmnist_fa.runs import RunRecord
+from kmnist_fa.semi import teacher_names
+
+from .test_training import Interrupt
+
+
+def _cfg(kmnist, **kw):
+    return TrainConfig.build(**{**dict(arch="lenet5", epochs=2, lr=3e-3, aug="none", data=str(kmnist.root)), **kw})
+
+
+@pytest.fixture(scope="module")
+def teacher(kmnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("semi")
+    train(_cfg(kmnist, epochs=3), name="teacher", root=root, quiet=True, data=kmnist)
+    return root
+
+
+def test_pseudo_labels_join_the_training_split_and_resume_rebuilds_them(teacher, kmnist):
+    cfg = _cfg(kmnist, pseudo="teacher", pseudo_threshold=0.9)
+    whole = train(cfg, name="student", root=teacher, quiet=True, data=kmnist)
+    p = whole.record.extra["pseudo"]
+    assert p["teachers"] == ["teacher"] and p["of"] == 4000 and 0 < p["images"] < 4000 and p["targets"] == "hard"
+    assert sum(p["per_class"]) == p["images"]
+    assert whole.record.split.n_train == 5400 + p["images"] and whole.record.split.n_valid == 600  # valid untouched
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, name="cut", root=teacher, quiet=True, data=kmnist, cbs=[Interrupt(0)])
+    done = resume("cut", root=teacher, quiet=True, data=kmnist)
+    a, b = (torch.load(r.path / "model.pth", weights_only=True) for r in (whole, done))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same pseudo-labels, the same training
+    assert RunRecord.read(done.path).extra["pseudo"] == p
+
+
+def test_teachers_that_saw_the_validation_images_are_refused(teacher, kmnist):
+    with pytest.raises(RunError, match=r"--pseudo teacher: trained on another split \(holdout 10% \(seed 42\)\), so "
+                                       r"it saw images this run validates on \(fold 0/5 \(seed 42\)\)"):
+        train(_cfg(kmnist, pseudo="teacher", n_folds=5, fold=0), name="leaky", root=teacher, quiet=True, data=kmnist)
+    assert not (teacher / "leaky").exists()
+    assert teacher_names("a7-f{fold}, b", 3) == ["a7-f3", "b"]
+    with pytest.raises(OptionError, match=r"\{fold\} needs a k-fold run"):
+        teacher_names("a7-f{fold}", None)
+
+
+def test_models_show_tells_a_self_trained_run(teacher, kmnist):
+    from typer.testing import CliRunner
+
+    from kmnist_fa.cli import app
+
+    train(_cfg(kmnist, epochs=1, pseudo="teacher"), name="shown", root=teacher, quiet=True, data=kmnist)
+    r = CliRunner().invoke(app, ["models", "--models-dir", str(teacher), "show", "shown"])
+    assert r.exit_code == 0 and "pseudo-labelled test images from teacher (p >= 0.95)" in " ".join(r.output.split())

@@ -255,6 +255,8 @@ class RegConfig:
     mixup: bool = option(False, "fastai MixUp callback.", sweep=True)
     cutmix: bool = option(False, "fastai CutMix callback.", sweep=True)
     label_smoothing: float = option(0.0, "Label smoothing.", min=0, max=1, max_open=True, sweep=True)
+    erase: float = option(0.0, "Random erasing (cutout): chance per training image of one rectangle replaced by "
+                          "noise (fastai's RandomErasing, after normalisation).", min=0, max=1, sweep=True)
 
     def __post_init__(self):
         _check_fields(self)

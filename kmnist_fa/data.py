@@ -24,7 +24,7 @@ from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.core import Datasets, DataLoaders, TfmdDL
 from fastai.data.transforms import Categorize, IntToFloatTensor, Normalize
 from fastai.torch_core import TensorCategory, TensorImage, TensorImageBW
-from fastai.vision.augment import AffineCoordTfm, Brightness, Contrast, PadMode, Warp, Zoom
+from fastai.vision.augment import AffineCoordTfm, Brightness, Contrast, PadMode, RandomErasing, Warp, Zoom
 from fasttransform import Pipeline, Transform
 
 from .compat import no_subclass_dispatch
@@ -274,8 +274,11 @@ def image_stats(images: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
     return total / (n * 255), math.sqrt(var)
 
 
-def batch_tfms(mean: float, std: float, aug: str = "none") -> list:
-    return [IntToFloatTensor(), *aug_tfms(aug), Normalize.from_stats([mean], [std], cuda=False)]
+def batch_tfms(mean: float, std: float, aug: str = "none", erase: float = 0.0) -> list:
+    """Batch transforms: to float, the preset's augmentation, normalisation, and (training batches only)
+    fastai's RandomErasing, which fills its rectangles with noise on the normalised scale."""
+    tfms = [IntToFloatTensor(), *aug_tfms(aug), Normalize.from_stats([mean], [std], cuda=False)]
+    return tfms + [RandomErasing(p=erase, max_count=1)] if erase else tfms
 
 
 def default_device(cpu: bool = False) -> torch.device:
@@ -284,7 +287,7 @@ def default_device(cpu: bool = False) -> torch.device:
 
 def make_dls(data: MnistData, split: SplitSpec | None = None, aug: str = "light", bs: int = 64,
              device: torch.device | str | None = None, stats: tuple[float, float] | None = None,
-             extra: tuple[np.ndarray, np.ndarray] | None = None) -> DataLoaders:
+             extra: tuple[np.ndarray, np.ndarray] | None = None, erase: float = 0.0) -> DataLoaders:
     """DataLoaders for a split of the labelled images.
 
     Normalisation stats come from the training split only (as in the report), unless
@@ -310,7 +313,7 @@ def make_dls(data: MnistData, split: SplitSpec | None = None, aug: str = "light"
         blocks=(TransformBlock(type_tfms=ArrayImage(x)), CategoryBlock(vocab=data.classes, sort=False)),
         get_y=ArrayLabel(y, data.classes),
         splitter=lambda _: (list(train_idx), list(valid_idx)),
-        batch_tfms=batch_tfms(mean, std, aug),
+        batch_tfms=batch_tfms(mean, std, aug, erase),
     )
     dls = block.dataloaders(np.arange(len(y)), bs=bs, dl_type=ArrayDL, num_workers=0,
                             device=device or default_device(), drop_last=len(train_idx) > bs)

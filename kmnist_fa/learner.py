@@ -147,7 +147,8 @@ def prepare(cfg: TrainConfig, data: MnistData | None = None, root: str | Path | 
 
         x, y, info = pseudo_labels(cfg, data, root)  # seeded TTA: the caller's random streams are untouched
         extra = (x, y)
-    dls = make_dls(data, cfg.split, cfg.reg.aug, cfg.optim.bs, default_device(cfg.cpu), extra=extra)
+    dls = make_dls(data, cfg.split, cfg.reg.aug, cfg.optim.bs, default_device(cfg.cpu), extra=extra,
+                   erase=cfg.reg.erase)
     dls.info.pseudo = info
     return data, dls
 

@@ -207,14 +207,19 @@ def open_study(spec: StudySpec):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     storage = _storage(spec)
-    study = optuna.create_study(study_name=spec.study, storage=storage, sampler=_sampler(spec),
-                                pruner=_pruner(spec), direction="maximize", load_if_exists=True)
-    stored = study.user_attrs.get("identity")
-    if stored is None:
-        for k, v in spec.identity.items():
-            study.set_user_attr(k, v)
-        study.set_user_attr("identity", spec.identity)
-    elif stored != spec.identity:
+    try:  # reads the whole study, so damage shows here rather than midway through a run
+        study = optuna.create_study(study_name=spec.study, storage=storage, sampler=_sampler(spec),
+                                    pruner=_pruner(spec), direction="maximize", load_if_exists=True)
+        stored = study.user_attrs.get("identity")
+        study.get_trials(deepcopy=False)
+        if stored is None:  # a new study: a write, which is where a cut-off last record shows
+            for k, v in spec.identity.items():
+                study.set_user_attr(k, v)
+            study.set_user_attr("identity", spec.identity)
+    except (ValueError, KeyError, TypeError, AssertionError) as e:  # Optuna asserts on records it does not know
+        raise OptionError(f"{shown_url(storage_url(spec))}: the study's storage is damaged ({type(e).__name__}); "
+                          "move it aside to start the study again (finished runs stay in their folders)") from None
+    if stored is not None and stored != spec.identity:
         diff = [k for k in set(stored) | set(spec.identity) if stored.get(k) != spec.identity.get(k)]
         raise OptionError(f"study {spec.study!r} in {shown_url(storage_url(spec))} was started with other "
                           f"{', '.join(sorted(diff))}; repeat its options, or give another --study/--name")
@@ -373,7 +378,11 @@ def member_status(path: Path) -> str:
 def pruning_available() -> None:
     import importlib.util
 
-    if importlib.util.find_spec("optuna_integration") is None:
+    try:
+        missing = importlib.util.find_spec("optuna_integration") is None
+    except ValueError:  # already imported, as a lazy module without a spec: installed
+        missing = False
+    if missing:
         raise OptionError("--pruner needs optuna-integration: pip install 'kmnist-fa[tune]' (or --pruner none)")
 
 

@@ -57,7 +57,10 @@ def pseudo_labels(cfg: TrainConfig, data: MnistData, root: str | Path | None = N
     names = teacher_names(cfg.data.pseudo, cfg.split.fold)
     probs = []
     for n in names:
-        path = runs.run_path(n, root)
+        try:
+            path = runs.run_path(n, root)
+        except RunError as e:
+            raise RunError(f"--pseudo {e}") from None
         run = load_run(path, cpu=cfg.cpu)
         check_teacher(n, run.record, cfg, data)
         probs.append(predict_probs(run, data.test_x, tta=True, n=TTA_N).cpu())

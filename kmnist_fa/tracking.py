@@ -55,7 +55,11 @@ def check_trackers(names: list[str] | None) -> list[str]:
         if n not in TRACKERS:
             raise OptionError(f"--track must be one of {', '.join(TRACKERS)}, got {n[:40]!r}")
         needs = "tensorboard" if n == "tensorboard" else "mlflow"
-        if importlib.util.find_spec(needs) is None:
+        try:
+            missing = importlib.util.find_spec(needs) is None
+        except ValueError:  # already imported without a spec: installed
+            missing = False
+        if missing:
             raise OptionError(f"--track {n}: needs {needs}: pip install 'kmnist-fa[track]'")
         if n not in out:
             out.append(n)

@@ -38,6 +38,8 @@ def test_pseudo_labels_join_the_training_split_and_resume_rebuilds_them(teacher,
 
 
 def test_teachers_that_saw_the_validation_images_are_refused(teacher, kmnist):
+    with pytest.raises(RunError, match=r"--pseudo nothere: no such run"):
+        train(_cfg(kmnist, pseudo="nothere"), name="x", root=teacher, quiet=True, data=kmnist)
     with pytest.raises(RunError, match=r"--pseudo teacher: trained on another split \(holdout 10% \(seed 42\)\), so "
                                        r"it saw images this run validates on \(fold 0/5 \(seed 42\)\)"):
         train(_cfg(kmnist, pseudo="teacher", n_folds=5, fold=0), name="leaky", root=teacher, quiet=True, data=kmnist)

@@ -188,3 +188,13 @@ def test_storage_passwords_stay_out_of_messages():
     with pytest.raises(OptionError) as e:
         search._storage(spec)
     assert "s3cret" not in str(e.value) and "user:***@db.example" in str(e.value)
+
+
+def test_damaged_journal_is_one_line(kmnist, tmp_path):
+    (tmp_path / "st").mkdir()
+    for junk in (b"\xff\xfe\x00 not text", b'{"op_code": 0, "worker_id": "x", "study_name": "st", "directions": [1]}\n'
+                                          b'{"op_code": 4, "trunc'):
+        (tmp_path / "st" / "study.journal").write_bytes(junk)
+        r = _tune(kmnist, tmp_path, "-p", "lr=1e-3:1e-2", "--study", "st")
+        assert r.exit_code == 2 and "study.journal: the study's storage is damaged" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1

@@ -55,7 +55,7 @@ def process_group(cuda: bool) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-class DataParallel(Callback):
+class DDPTrainer(Callback):
     """Wrap the model in `DistributedDataParallel` and give each process its slice of the training data."""
 
     order = -5  # before the training loop touches model or data

@@ -112,10 +112,14 @@ def evaluate(run: LoadedRun, data: MnistData, split: str = "valid", tta: bool = 
 
 def plot_confusion(interp: CachedInterpretation, labels: list[str]):
     """Counts and row-normalised (recall) side by side."""
+    return plot_confusion_matrix(interp.confusion_matrix(), labels)
+
+
+def plot_confusion_matrix(cm: np.ndarray, labels: list[str]):
+    """A confusion matrix (rows actual, columns predicted) as counts and row-normalised, side by side."""
     from .plots import japanese_font, plt
 
     japanese_font()
-    cm = interp.confusion_matrix()
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     k = len(labels)
     size = max(4.0, 0.45 * k + 1.5)

@@ -239,7 +239,7 @@ def _run_fit(learn, cfg, lr, path, record, start_epoch, cbs, smooth_loss=None, b
              writer: bool = True) -> TrainResult:
     own = [RunRecorder(path, record, start_epoch, smooth_loss, best_state)] if writer else []
     if distributed.world()[1] > 1:
-        own.append(distributed.DataParallel())
+        own.append(distributed.DDPTrainer())
     learn.add_cbs([*own, *(cbs or [])])
     try:
         if start_epoch < record.total_epochs:

@@ -125,7 +125,8 @@ def _confusion_figure(learn):
     alone: fastai's `get_preds` would replay `before_fit` through every callback of the fit in progress."""
     import torch
 
-    from .plots import plt
+    from .interpret import plot_confusion_matrix
+    from .plots import class_labels
 
     model, dl = learn.model, learn.dls.valid
     n = len(learn.dls.vocab)
@@ -138,14 +139,9 @@ def _confusion_figure(learn):
             true = yb.cpu().long().as_subclass(torch.Tensor)
             counts.index_put_((true, pred), torch.ones_like(pred), accumulate=True)
     model.train(was_training)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(counts.numpy(), cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xticklabels=list(learn.dls.vocab), yticklabels=list(learn.dls.vocab),
-           xlabel="predicted", ylabel="actual", title="confusion matrix (validation)")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7)
-    return fig
+    vocab = [str(v) for v in learn.dls.vocab]
+    chars = getattr(getattr(learn.dls, "info", None), "chars", None)
+    return plot_confusion_matrix(counts.numpy(), class_labels(vocab, chars))
 
 
 class MLflowRun(Callback):

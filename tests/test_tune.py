@@ -198,3 +198,11 @@ def test_damaged_journal_is_one_line(kmnist, tmp_path):
         r = _tune(kmnist, tmp_path, "-p", "lr=1e-3:1e-2", "--study", "st")
         assert r.exit_code == 2 and "study.journal: the study's storage is damaged" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
+
+
+def test_missing_data_is_refused_before_any_trial(kmnist, tmp_path):
+    for cmd in ("tune", "sweep"):
+        r = CliRunner().invoke(app, [cmd, "lenet5", "-p", "lr=1e-3,1e-2", "--data", str(tmp_path / "nothere"),
+                                     "--models-dir", str(tmp_path)])
+        assert r.exit_code == 2 and "is not a folder" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # no study or sweep folder was started

@@ -56,9 +56,11 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         opts["fold"] = 0  # a valid placeholder for the base config; each job sets its own fold
     cfg, recipe = resolve_config(arch, opts.pop("recipe"), opts)
     sweep_name = check_name(name or f"{cfg.arch}-sweep")
+    from ..datasets import load_dataset
     from ..tracking import check_trackers
 
     track = check_trackers(track)
+    load_dataset(cfg.data.dataset, cfg.data.data)  # bad data is one line now, not a failure in every member
     root = mdir(models_dir) / sweep_name
     plan = sw.plan(cfg, params, mode, cfg.split.n_folds, folds)
     n_cfg = len({sw.config_id(j.config) for j in plan})
@@ -150,6 +152,9 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
         opts["fold"] = 0  # a valid placeholder for the base config; each trial sets its own folds
     cfg, recipe = resolve_config(arch, opts.pop("recipe"), opts)
     name = check_name(study or f"{cfg.arch}-tune", "--study")
+    from ..datasets import load_dataset
+
+    load_dataset(cfg.data.dataset, cfg.data.data)  # bad data is one line now, not a failure in every trial
     root = mdir(models_dir) / name
     spec = search.StudySpec(
         root=str(root), study=name, base=cfg.to_dict(), params=params, kind="tune", budget=trials,

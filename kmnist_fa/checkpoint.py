@@ -2,7 +2,7 @@
 
 At the end of every epoch `RunRecorder` writes, in this order:
 
-1. `checkpoint.pth`: weights, optimiser state, every RNG state, the smoothed loss, the
+1. `checkpoint.pth`: weights (under `--ema`, the raw ones and the average), optimiser state, every RNG state, the smoothed loss, the
    run's progress (history, best epoch, epochs done, wall time) and, when the best
    epoch is not this one, the best epoch's weights. Its atomic rename *is* the commit.
 2. the views: `model.pth` (when the epoch improved), `history.csv`, `run.json`.
@@ -163,14 +163,16 @@ class RunRecorder(Callback):
             rec.best = Best(epoch, acc, row.get("valid_loss"), row.get("train_loss"))
         rec.epochs_done = epoch + 1
         rec.wall_time_s = round(self.wall0 + time.time() - self.t0, 2)
-        model = cpu_state(unwrap(self.learn.model))
+        model = cpu_state(unwrap(self.learn.model))  # what was validated: the average, under --ema
+        ema = getattr(self.learn, "weight_ema", None)
         sl = self.recorder.smooth_loss
         progress = {"history": rec.history, "best": vars(rec.best), "epochs_done": rec.epochs_done,
                     "wall_time_s": rec.wall_time_s}
         torch_save(self.path / CKPT_FILE, {
-            "model": model, "opt": opt_state(self.learn.opt), "epoch": epoch, "rng": rng_state(self.dls.train),
-            "smooth_loss": [sl.count, float(sl.val)], "progress": progress,
-            "best_model": None if improved else self.best_state})
+            "model": model if ema is None else cpu_state(ema.raw_state()), "opt": opt_state(self.learn.opt),
+            "epoch": epoch, "rng": rng_state(self.dls.train), "smooth_loss": [sl.count, float(sl.val)],
+            "progress": progress, "best_model": None if improved else self.best_state,
+            **({} if ema is None else {"ema": cpu_state(ema.avg_state())})})
         if improved:
             self.best_state = model
         publish(self.path, rec, model if improved else None)

@@ -257,6 +257,8 @@ class RegConfig:
     label_smoothing: float = option(0.0, "Label smoothing.", min=0, max=1, max_open=True, sweep=True)
     erase: float = option(0.0, "Random erasing (cutout): chance per training image of one rectangle replaced by "
                           "noise (fastai's RandomErasing, after normalisation).", min=0, max=1, sweep=True)
+    ema: float = option(0.0, "Weight averaging: decay per step of an EMA of the weights, which is what gets "
+                        "validated and saved (e.g. 0.99; 0: off).", min=0, max=1, max_open=True, sweep=True)
 
     def __post_init__(self):
         _check_fields(self)

@@ -28,7 +28,7 @@ from . import runs
 from .data import array_dl, default_device, inference_dls
 from .datasets import MnistData, load_dataset
 from .config import TTA_BETA, TTA_N, SplitSpec
-from .errors import DataError, RunError
+from .errors import DataError, OptionError, RunError
 from .learner import SCRATCH_DIR, ToolkitLearner
 from .models import create_model, n_params, splitter
 from .runs import RunRecord
@@ -60,6 +60,7 @@ class LoadedRun:
     path: Path
     record: RunRecord
     learn: Learner
+    tta_beta: float = TTA_BETA  # TTA's clean-pass weight (reference/default.json may set its own, chosen by CV)
 
     @property
     def classes(self) -> list[str]:
@@ -74,12 +75,15 @@ class LoadedRun:
 
 
 def load_run(name_or_path: str | Path, root: str | Path | None = None, device=None, cpu: bool = False,
-             tta_aug: str | None = None) -> LoadedRun:
+             tta_aug: str | None = None, tta_beta: float | None = None) -> LoadedRun:
     """Rebuild a run's Learner for inference from run.json + model.pth alone.
 
     `tta_aug` is the augmentation TTA replays; default: the run's training preset
-    (`light` for a run trained without augmentation).
+    (`light` for a run trained without augmentation). `tta_beta` is the clean pass's
+    weight in TTA (default fastai's 0.25).
     """
+    if tta_beta is not None and not 0 <= tta_beta <= 1:
+        raise OptionError(f"TTA clean-pass weight must be in [0, 1], got {tta_beta!r}")
     path = runs.run_path(name_or_path, root)
     rec = RunRecord.read(path)
     m = rec.config.model
@@ -99,7 +103,7 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
                            path=path, model_dir=SCRATCH_DIR)
     learn.remove_cb(ProgressCallback)
     learn.logger = noop
-    return LoadedRun(rec.name, path, rec, learn)
+    return LoadedRun(rec.name, path, rec, learn, TTA_BETA if tta_beta is None else float(tta_beta))
 
 
 def _hub_state(path: Path) -> dict:
@@ -120,7 +124,7 @@ def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int 
     """Class probabilities (N x C, rows sum to 1) for uint8 images, optionally with TTA.
 
     TTA is fastai's `Learner.tta`: `n` passes with the run's training augmentation,
-    averaged, then blended with the clean pass (clean weight `TTA_BETA`); the passes'
+    averaged, then blended with the clean pass (clean weight `run.tta_beta`); the passes'
     random augmentations come from `seed`, so repeating a prediction repeats its result.
     """
     if len(images) == 0:
@@ -142,7 +146,7 @@ def tta_parts(run: LoadedRun, images: np.ndarray, n: int = TTA_N, labels=None, s
     with seeded(seed):
         (aug, clean), _ = run.learn.tta(dl=dl, n=n, beta=None)
     aug, clean = aug.float().cpu(), clean.float().cpu()
-    return clean, aug, torch.lerp(aug, clean, TTA_BETA)
+    return clean, aug, torch.lerp(aug, clean, run.tta_beta)
 
 
 def run_data(run: LoadedRun, data: str | Path | None = None, dataset: str | None = None) -> MnistData:

@@ -29,6 +29,7 @@ from fastai.torch_core import set_seed
 from fastcore.basics import noop
 
 from . import distributed, runs
+from .averaging import WeightEMA
 from .checkpoint import RunRecorder, finalize, load_checkpoint, load_opt_state, publish, set_rng_state
 from .compat import HandlerDispatchLearner
 from .config import OPTIMIZERS as OPT_NAMES
@@ -236,8 +237,10 @@ def _start(cfg, path, name, root, quiet, progress, data, cbs, log, writer: bool 
 
 
 def _run_fit(learn, cfg, lr, path, record, start_epoch, cbs, smooth_loss=None, best_state=None,
-             writer: bool = True) -> TrainResult:
+             writer: bool = True, ema_state: dict | None = None) -> TrainResult:
     own = [RunRecorder(path, record, start_epoch, smooth_loss, best_state)] if writer else []
+    if cfg.reg.ema:
+        own.append(WeightEMA(cfg.reg.ema, ema_state))
     if distributed.world()[1] > 1:
         own.append(distributed.DDPTrainer())
     learn.add_cbs([*own, *(cbs or [])])
@@ -302,6 +305,9 @@ def _resume(path, root, writer, quiet, progress, data, cbs, log) -> TrainResult:
     m = cfg.model
     learn = build_learner(dls, cfg, model=create_model(m.arch, len(data.classes), m.bn, m.dropout),
                           quiet=quiet, progress=progress, path=path)
+    if cfg.reg.ema and "ema" not in ckpt:
+        raise RunError(f"{ckpt_file}: has no weight average although the run trains with --ema; "
+                       "train it again under a new --name")
     try:
         learn.model.load_state_dict(ckpt["model"])
         learn.create_opt()
@@ -311,4 +317,4 @@ def _resume(path, root, writer, quiet, progress, data, cbs, log) -> TrainResult:
         raise RunError(f"{ckpt_file}: does not fit this run ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
     return _run_fit(learn, cfg, record.lr, path, record, record.epochs_done, cbs, ckpt["smooth_loss"],
-                    best_state, writer)
+                    best_state, writer, ckpt.get("ema"))

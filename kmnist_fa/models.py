@@ -1,4 +1,4 @@
-"""Architecture registry: the report's LeNet5 / AlexNet5 / AlexNet7 and fastai's xresnet.
+"""Architecture registry: the report's LeNet5 / AlexNet5 / AlexNet7, a fast VGG-style net and fastai's xresnet.
 
 Like timm, an architecture is a named factory; `@register_arch` is all it takes to
 add one, and the CLI, `load_run` and the sweeps find it by name. Every model is an
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from . import quiet_fastai  # noqa: F401  (before fastai: see quiet_fastai.py)
@@ -42,7 +43,8 @@ def register_arch(name: str, description: str = "", bn: bool = False, dropout: f
     """Decorator: make `factory(n_classes, bn, dropout) -> nn.Sequential(body, head)` available by name."""
 
     def deco(factory):
-        ARCHS[name] = ArchSpec(name, factory, description or (factory.__doc__ or "").strip().splitlines()[0], bn, dropout)
+        doc = (factory.__doc__ or "").strip()
+        ARCHS[name] = ArchSpec(name, factory, description or (doc.splitlines()[0] if doc else name), bn, dropout)
         return factory
 
     return deco
@@ -111,6 +113,27 @@ def alexnet7(n_classes: int = 10, bn: bool = False, dropout: float = 0.5) -> nn.
         *conv(96, 96, 5, 2, bn), *conv(96, 96, 3, 1, bn), *conv(96, 64, 3, 1, bn), nn.MaxPool2d(3, 2),
     )
     return nn.Sequential(body, classifier([2304, 512, 256, n_classes], dropout))
+
+
+def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+@register_arch("vgg5", bn=True, dropout=0.0)
+def vgg5(n_classes: int = 10, bn: bool = True, dropout: float = 0.0) -> nn.Sequential:
+    """VGG-style, 5 conv-BN-ReLU (32-64-64-128-128): the `fast` recipe's net, AlexNet7's accuracy at 1/10 the time.
+
+    One conv at 28x28, two at 14x14, two at 7x7, so most work is on small maps; the head
+    keeps the 3x3 layout (no global pooling: where a stroke is matters for kana). Its
+    weights are channels-last, which oneDNN runs ~10% faster on the CPU (`fast` recipe
+    timing, README) and tensor cores prefer on a GPU; state_dicts load either way.
+    """
+    if not bn:
+        raise OptionError("vgg5 is built around batch norm: --no-bn is not available for it")
+    body = nn.Sequential(*conv_bn(1, 32), nn.MaxPool2d(2), *conv_bn(32, 64), *conv_bn(64, 64), nn.MaxPool2d(2),
+                         *conv_bn(64, 128), *conv_bn(128, 128), nn.MaxPool2d(2))
+    head = nn.Sequential(nn.Flatten(), *([nn.Dropout(dropout)] if dropout else []), nn.Linear(128 * 9, n_classes))
+    return nn.Sequential(body, head).to(memory_format=torch.channels_last)
 
 
 @register_arch("xresnet18", bn=True, dropout=0.0)

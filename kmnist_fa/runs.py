@@ -468,12 +468,13 @@ def remove_leftovers(path: Path) -> list[str]:
 # --------------------------------------------------------------------------- weights
 
 def cpu_state(model) -> dict:
-    """A snapshot of the state_dict on the CPU (a run trained on a GPU loads anywhere).
+    """A snapshot of a module's state_dict (or of a state_dict) on the CPU (a run trained on a GPU loads anywhere).
 
     Always a copy: on the CPU `.cpu()` would return the live parameters, and a
     snapshot kept for later (the best epoch's weights) would keep training.
     """
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    state = model if isinstance(model, dict) else model.state_dict()
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def load_state(file: str | Path, device="cpu") -> dict:

@@ -11,6 +11,7 @@ from kmnist_fa.models import ARCHS, create_model, get_arch, n_params, register_a
     ("alexnet5", True, 989_586),
     ("alexnet5", False, 989_410),
     ("alexnet7", None, 1_922_690),
+    ("vgg5", None, 289_130),
 ])
 def test_parameter_counts_match_the_report(arch, bn, expected):
     m = create_model(arch, 10, bn=bn)
@@ -43,6 +44,28 @@ def test_register_new_arch_with_one_decorator():
         assert n_params(create_model("tiny-test")) == 7850
     finally:
         ARCHS.pop("tiny-test")
+
+
+def test_vgg5_is_channels_last_and_loads_a_plain_state_dict():
+    m = create_model("vgg5")
+    conv = m[0][4].weight  # 32 -> 64: the first conv has one input channel, contiguous either way
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = {k: v.contiguous() for k, v in m.state_dict().items()}
+    fresh = create_model("vgg5")
+    fresh.load_state_dict(plain)
+    assert fresh[0][4].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(fresh.eval()(x), m.eval()(x), atol=1e-5)
+    with pytest.raises(OptionError, match="--no-bn is not available"):
+        create_model("vgg5", bn=False)
+
+
+def test_a_factory_without_docstring_is_described_by_its_name():
+    register_arch("bare-test")(lambda n_classes=10, bn=False, dropout=0.0: nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+    try:
+        assert get_arch("bare-test").description == "bare-test"
+    finally:
+        ARCHS.pop("bare-test")
 
 
 def test_splitter_body_head():

@@ -21,7 +21,7 @@ def _members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, dic
     if models:
         return [load_run(m, models_dir, cpu=cpu) for m in models], {"tta": False}
     ref = reference_default()
-    return [load_run(p, cpu=cpu, tta_aug=ref.get("tta_aug")) for p in ref["paths"]], ref
+    return [load_run(p, cpu=cpu, tta_aug=ref.get("tta_aug"), tta_beta=ref.get("tta_beta")) for p in ref["paths"]], ref
 
 
 def _class_table(ids, probs, members, limit: int = 40) -> Table:

@@ -99,8 +99,16 @@ def load_checkpoint(path: Path, record: RunRecord, device) -> tuple[dict, RunRec
         raise RunError(f"{f}: progress is not a table; start the run again") from None
     if not isinstance(ckpt["epoch"], int) or record.epochs_done != ckpt["epoch"] + 1:
         raise RunError(f"{f}: epoch {ckpt['epoch']!r} does not match its {record.epochs_done} epochs of history")
-    best = ckpt["best_model"] if ckpt["best_model"] is not None else ckpt["model"]
+    best = ckpt["best_model"] if ckpt["best_model"] is not None else evaluated_state(ckpt)
     return ckpt, record, {k: v.cpu() for k, v in best.items()}
+
+
+def evaluated_state(ckpt: dict) -> dict:
+    """The weights the checkpoint's epoch was validated with: under --ema the average, not the raw `model`."""
+    if "ema" not in ckpt:
+        return ckpt["model"]
+    prefix = "module."  # AveragedModel's state_dict: the averaged module's, plus its n_averaged count
+    return {k[len(prefix):]: v for k, v in ckpt["ema"].items() if k.startswith(prefix)}
 
 
 def publish(path: Path, record: RunRecord, best_state: dict | None = None) -> None:

@@ -206,6 +206,9 @@ def _start(cfg, path, name, root, quiet, progress, data, cbs, log, writer: bool 
     if dls.info.pseudo:
         p = dls.info.pseudo
         log(f"--pseudo: {p['images']:,} of {p['of']:,} test images labelled with probability >= {p['threshold']}")
+        if p["threshold"] > p["confidence_target"]:
+            log(f"--pseudo-threshold {p['threshold']} is above the {p['confidence_target']} its label-smoothed teachers "
+                "were trained to give the true class, so few images pass; consider a lower threshold")
     if "recipe" in cfg.extra:
         log(f"recipe: {cfg.extra['recipe'] or 'none (toolkit defaults)'}")
     model = parent = None

@@ -6,6 +6,10 @@ same pseudo-labels); the images whose mean teacher probability reaches
 Validation images never do, and the normalisation statistics stay those of the
 labelled training split.
 
+Teachers trained with label smoothing ε were taught to give the true class 1 - ε + ε/C
+(0.91 for ε = 0.1 and 10 classes), so a threshold above that admits few images; the
+run says so (`confidence_target` in run.json's `pseudo` block).
+
 Honest validation needs teachers that never saw this run's validation images: a run
 with a validation split only takes teachers trained on the same labelled data and the
 same split (`--pseudo a7-f{fold}` names one teacher per fold of a k-fold study). A
@@ -55,7 +59,7 @@ def pseudo_labels(cfg: TrainConfig, data: MnistData, root: str | Path | None = N
     if data.test_x is None or not len(data.test_x):
         raise DataError(f"--pseudo: {data.name} has no unlabelled test images to label")
     names = teacher_names(cfg.data.pseudo, cfg.split.fold)
-    probs = []
+    probs, caps = [], []
     for n in names:
         try:
             path = runs.run_path(n, root)
@@ -63,10 +67,12 @@ def pseudo_labels(cfg: TrainConfig, data: MnistData, root: str | Path | None = N
             raise RunError(f"--pseudo {e}") from None
         run = load_run(path, cpu=cfg.cpu)
         check_teacher(n, run.record, cfg, data)
+        ls = run.record.config.reg.label_smoothing  # its training target for the true class: 1 - ls + ls / C
+        caps.append(1 - ls + ls / len(data.classes))
         probs.append(predict_probs(run, data.test_x, tta=True, n=TTA_N).cpu())
     conf, label = combine(probs, "mean").max(1)
     keep = (conf >= cfg.data.pseudo_threshold).numpy()
     info = {"teachers": names, "threshold": cfg.data.pseudo_threshold, "targets": "hard", "tta_n": TTA_N,
-            "images": int(keep.sum()), "of": len(data.test_x),
+            "images": int(keep.sum()), "of": len(data.test_x), "confidence_target": round(min(caps), 4),
             "per_class": np.bincount(label.numpy()[keep], minlength=data.c).tolist()}
     return data.test_x[keep], label.numpy()[keep].astype(np.int64), info

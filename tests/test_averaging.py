@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from kmnist_fa import runs
+from kmnist_fa.checkpoint import load_checkpoint
 from kmnist_fa.config import TrainConfig
 from kmnist_fa.errors import RunError
 from kmnist_fa.learner import resume, train
@@ -24,6 +25,9 @@ def test_ema_is_validated_saved_and_resumed_exactly(kmnist, tmp_path):
     avg = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
     assert all(torch.equal(saved[k], avg[k]) for k in saved)  # model.pth is the average ...
     assert not all(torch.equal(saved[k], ckpt["model"][k]) for k in saved)  # ... not the weights being trained
+    # a resume re-publishes the best epoch's weights first: here the last commit's, which must be its average
+    _, _, best = load_checkpoint(tmp_path / "cut", runs.RunRecord.read(tmp_path / "cut"), "cpu")
+    assert all(torch.equal(saved[k], best[k]) for k in saved)
 
     # the recorded accuracy is the saved model's: the average was what got validated
     run = load_run("cut", root=tmp_path)

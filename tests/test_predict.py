@@ -167,13 +167,18 @@ def test_load_run_rejects_wrong_weights(lenet_run, tmp_path):
 
 
 def test_predict_works_out_of_the_box_with_reference_models(valid, tmp_path):
-    """`kmnist-fa predict char.png` with no --model uses the shipped default (with its TTA)."""
+    """`kmnist-fa predict char.png` with no --model uses the shipped default, with its own TTA setting."""
+    from kmnist_fa.runs import reference_default
+
     x, y = valid
     Image.fromarray(255 - x[0]).resize((90, 90)).save(tmp_path / "char.png")
-    r = runner.invoke(app, ["predict", str(tmp_path / "char.png"), "--out", str(tmp_path / "s.csv"), "--tta-n", "2"])
+    r = runner.invoke(app, ["predict", str(tmp_path / "char.png"), "--out", str(tmp_path / "s.csv")])
     assert r.exit_code == 0, r.output
-    assert "TTA" in r.output
-    assert (tmp_path / "s.csv").read_text().splitlines()[1].startswith("char.png,")
+    assert ("no TTA" in r.output) == (not reference_default()["tta"])
+    assert (tmp_path / "s.csv").read_text().splitlines()[1] == f"char.png,{y[0]}"
+    r = runner.invoke(app, ["predict", str(tmp_path / "char.png"), "--out", str(tmp_path / "t.csv"), "--tta",
+                            "--tta-n", "2"])
+    assert r.exit_code == 0 and ", TTA)" in r.output
 
 
 def test_tta_predictions_repeat_byte_for_byte(lenet_run, kmnist_dir, tmp_path):

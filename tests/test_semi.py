@@ -27,7 +27,7 @@ def test_pseudo_labels_join_the_training_split_and_resume_rebuilds_them(teacher,
     whole = train(cfg, name="student", root=teacher, quiet=True, data=kmnist)
     p = whole.record.extra["pseudo"]
     assert p["teachers"] == ["teacher"] and p["of"] == 4000 and 0 < p["images"] < 4000 and p["targets"] == "hard"
-    assert sum(p["per_class"]) == p["images"]
+    assert sum(p["per_class"]) == p["images"] and p["confidence_target"] == 1.0  # no label smoothing
     assert whole.record.split.n_train == 5400 + p["images"] and whole.record.split.n_valid == 600  # valid untouched
     with pytest.raises(KeyboardInterrupt):
         train(cfg, name="cut", root=teacher, quiet=True, data=kmnist, cbs=[Interrupt(0)])
@@ -57,3 +57,12 @@ def test_models_show_tells_a_self_trained_run(teacher, kmnist):
     train(_cfg(kmnist, epochs=1, pseudo="teacher"), name="shown", root=teacher, quiet=True, data=kmnist)
     r = CliRunner().invoke(app, ["models", "--models-dir", str(teacher), "show", "shown"])
     assert r.exit_code == 0 and "pseudo-labelled test images from teacher (p >= 0.95)" in " ".join(r.output.split())
+
+
+def test_a_threshold_above_what_smoothed_teachers_give_is_flagged(teacher, kmnist):
+    train(_cfg(kmnist, epochs=1, label_smoothing=0.2), name="smooth", root=teacher, quiet=True, data=kmnist)
+    said = []
+    r = train(_cfg(kmnist, epochs=1, pseudo="smooth", pseudo_threshold=0.95), name="s2", root=teacher, quiet=True,
+              data=kmnist, log=said.append)
+    assert r.record.extra["pseudo"]["confidence_target"] == 0.82  # 1 - 0.2 + 0.2 / 10
+    assert any("above the 0.82 its label-smoothed teachers" in m for m in said)

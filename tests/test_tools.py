@@ -31,3 +31,27 @@ def test_select_defaults_smoke_chooses_by_cv_and_resumes(kmnist, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("run.json")}
     again = sd.main(["--data", str(kmnist.root), "--out", str(out), "--smoke", "--jobs", "1"])
     assert again["best"] == summary["best"] and {p: p.stat().st_mtime_ns for p in out.rglob("run.json")} == stamps
+
+
+def test_cv_levers_cache_blends_tta_exactly_like_predict(lenet_run, tmp_path):
+    """The levers tool scores TTA settings from cached parts; each must equal the toolkit's own prediction."""
+    import shutil
+
+    import numpy as np
+
+    from kmnist_fa.inference import load_run, predict_probs, run_data, validation_set
+
+    lv = _load("cv_levers")
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_run.path, run_dir)
+    z = np.load(lv.fold_probs(run_dir))
+    run = load_run(run_dir)
+    x, y, _ = validation_set(run, run_data(run))
+    assert (z["labels"] == y).all()
+    np.testing.assert_allclose(lv.probs_for(z, "plain"), predict_probs(run, x).numpy(), atol=1e-6)
+    for n in lv.TTA_NS:
+        np.testing.assert_allclose(lv.probs_for(z, f"tta:train:{n}:0.25"),
+                                   predict_probs(run, x, tta=True, n=n).numpy(), atol=1e-6)
+    light = load_run(run_dir, tta_aug="light", tta_beta=0.5)
+    np.testing.assert_allclose(lv.probs_for(z, "tta:light:4:0.5"), predict_probs(light, x, tta=True, n=4).numpy(),
+                               atol=1e-6)

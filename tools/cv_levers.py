@@ -33,8 +33,10 @@ LEVERS = {
     "fast": ("fast", {}),
     "fast-no-ema": ("fast", {"ema": 0.0}),
     "fast-erase": ("fast", {"erase": 0.25}),
-    "fast-pseudo": ("fast", {"pseudo": "fast"}),
-    "fast-long": ("fast", {"epochs": 28}),
+    "fast-pseudo": ("fast", {"pseudo": "fast", "pseudo_threshold": 0.8}),
+    "fast-long": ("fast", {"epochs": 32}),
+    "fast-14ep-lr3": ("fast", {"epochs": 14, "lr": 3e-3}),
+    "fast-14ep-lr3-pseudo95": ("fast", {"epochs": 14, "lr": 3e-3, "pseudo": "fast-14ep-lr3", "pseudo_threshold": 0.95}),
 }
 TTA_NS = (4, 8)
 BETAS = (0.0, 0.25, 0.5, 0.75)
@@ -52,7 +54,6 @@ def lever_config(name: str, data: str, n_folds: int, out: Path, smoke: bool):
         teacher = lever_config(over["pseudo"], data, n_folds, out, smoke)
         over["pseudo"] = str(member_dir(out, over["pseudo"], teacher, "{fold}").resolve())
     cfg, _ = resolve_config(None, recipe, {**over, "data": data, "n_folds": n_folds, "fold": 0})
-    cfg.extra["lever"] = name
     return cfg
 
 
@@ -64,10 +65,13 @@ def member_dir(out: Path, name: str, cfg, fold) -> Path:
 
 
 def train_lever(name: str, data: str, folds: list[int], n_folds: int, out: Path, jobs: int, smoke: bool) -> list[Path]:
+    from kmnist_fa.search import member_status
     from kmnist_fa.sweep import Job, run_sweep
 
     cfg = lever_config(name, data, n_folds, out, smoke)
     dirs = [member_dir(out, name, cfg, f) for f in folds]
+    if all(member_status(d) == "complete" for d in dirs):
+        return dirs
     outcome = run_sweep(cfg, [Job({"epochs": cfg.optim.epochs}, f, d.name) for f, d in zip(folds, dirs)], out / name,
                         jobs, threads=1)
     bad = {k: v for k, v in outcome.items() if not v.startswith(("trained", "resumed", "skipped"))}
@@ -153,6 +157,25 @@ def summarise(dirs: dict[str, list[Path]], folds: list[int]) -> dict:
     return {"levers": rows, "ensemble_mode": mode, "ensembles": ensembles, "folds": folds}
 
 
+def _pct(ms: tuple[float, float]) -> str:
+    return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}%"
+
+
+def markdown(summary: dict) -> str:
+    """The levers table (gain against the first lever's plain accuracy) and the best ensembles."""
+    rows = summary["levers"]
+    base = next(iter(rows.values()))["plain"][0]
+    lines = ["| lever | epochs | plain | TTA (train preset, n=4, β=0.25) | best TTA mode | best TTA | gain (plain) | s/run |",
+             "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for n, r in rows.items():
+        lines.append(f"| {n} | {r['epochs']} | {_pct(r['plain'])} | {_pct(r['tta_default'])} | `{r['best_tta_mode']}` | "
+                     f"{_pct(r['best_tta'])} | {100 * (r['plain'][0] - base):+.2f} pp | {r['wall_s_mean']:.0f} |")
+    lines += ["", "| ensemble (mean of probabilities) | accuracy |", "|---|---:|"]
+    for e, r in sorted(summary["ensembles"].items(), key=lambda kv: -kv[1]["acc"][0])[:12]:
+        lines.append(f"| {e} | {_pct(r['acc'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -176,6 +199,7 @@ def main(argv=None):
     summary = summarise(dirs, folds)
     summary["wall_s_total"] = round(time.time() - t0, 1)
     (out / "levers.json").write_text(json.dumps(summary, indent=1))
+    (out / "levers.md").write_text(markdown(summary))
     for n, r in summary["levers"].items():
         print(f"{n:18s} plain {r['plain'][0]:.4f}±{r['plain'][1]:.4f}  tta {r['tta_default'][0]:.4f}  "
               f"light {r['tta_light'][0]:.4f}  best {r['best_tta_mode']} {r['best_tta'][0]:.4f}±{r['best_tta'][1]:.4f}"

@@ -7,7 +7,7 @@ names the members of the default ensemble that `kmnist-fa predict` uses and its 
 settings.
 
     python tools/export_reference.py cv-out/runs/alexnet7-heavy-40-full:alexnet7 ... \
-        --default alexnet7 --tta-n 8 --data ../shared/data/kmnist-10k
+        --default alexnet7 --tta-n 8 [--tta-beta 0.5] --data ../shared/data/kmnist-10k
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def main(argv=None):
     ap.add_argument("--default", nargs="+", required=True, help="NAMEs in the default ensemble")
     ap.add_argument("--tta-n", type=int, default=8)
     ap.add_argument("--no-tta", action="store_true")
+    ap.add_argument("--tta-beta", type=float, default=None, help="TTA's clean-pass weight (default fastai's 0.25)")
+    ap.add_argument("--tta-aug", default=None, help="augmentation TTA replays (default each run's training preset)")
     ap.add_argument("--data", required=True, help="labelled data for the check batch (train images 0..63)")
     ap.add_argument("--data-label", default="../shared/data/kmnist-10k",
                     help="what to record as the runs' data root (the path users have)")
@@ -62,8 +64,9 @@ def main(argv=None):
                               "top_prob": [round(float(p), 5) for p in probs.max(1).values]}
         rec.write(out)
         print(f"{name}: {rec.n_params:,} params, {(out / 'model.pth').stat().st_size / 1e6:.1f} MB")
-    write_json(dest / "default.json", {"members": args.default, "tta": not args.no_tta, "tta_n": args.tta_n,
-                                       "method": "mean", "chosen_by": args.chosen_by})
+    spec = {"members": args.default, "tta": not args.no_tta, "tta_n": args.tta_n, "method": "mean"}
+    spec.update({k: v for k, v in (("tta_beta", args.tta_beta), ("tta_aug", args.tta_aug)) if v is not None})
+    write_json(dest / "default.json", {**spec, "chosen_by": args.chosen_by})
 
 
 if __name__ == "__main__":

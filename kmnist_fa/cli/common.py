@@ -113,9 +113,9 @@ DatasetOpt = typer.Option(None, "--dataset", help=OPTIONS["dataset"].help)
 DataOpt = typer.Option(None, "--data", help=OPTIONS["data"].help)
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Where runs live (default: env KMNIST_FA_MODELS or ./models).")
 TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fastai tta) per model "
-                      "(default: on for the shipped reference ensemble, off for --model runs).")
+                      "(default: the shipped reference default's own setting, see models/README.md; off for --model runs).")
 TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model with --tta, plus the clean pass "
-                       f"(default {TTA_N}; the reference ensemble's own setting when it is used).")
+                       f"(default {TTA_N}; the reference default's own setting when it is used).")
 CpuOpt = typer.Option(False, "--cpu", help=OPTIONS["cpu"].help)  # the training option, for inference commands
 MethodOpt = typer.Option("mean", "--method", help="Combine models by 'mean' of probabilities or majority 'vote'.")
 TrackOpt = typer.Option([], "--track", help="Also log to an experiment tracker; repeatable: tensorboard (event "

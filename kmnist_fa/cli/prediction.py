@@ -14,7 +14,7 @@ from .common import (CpuOpt, DataOpt, DatasetOpt, MethodOpt, ModelsDirOpt, SeedO
 
 
 def _members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, dict]:
-    """Loaded runs for --model options, or the shipped reference ensemble with its TTA settings."""
+    """Loaded runs for --model options, or the shipped reference default with its TTA settings."""
     from ..inference import load_run
     from ..runs import reference_default
 
@@ -44,7 +44,7 @@ def _class_table(ids, probs, members, limit: int = 40) -> Table:
 def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format images file (idx/npz), dataset name or "
                                                    "folder (its test split), folder of images, or image files."),
                 model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Run name or folder; repeat "
-                                                          "for an ensemble (default: the shipped reference ensemble)."),
+                                                          "for an ensemble (default: the shipped reference default, reference/default.json)."),
                 tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: str = MethodOpt, seed: int = SeedOpt,
                 invert: str = typer.Option("auto", "--invert", help="Image files: invert dark-on-light drawings "
                                            "(auto: decide from the border; yes; no)."),

@@ -84,7 +84,7 @@ def fold_probs(run_dir: Path) -> Path:
     """Cache of a fold run's validation predictions: plain, and TTA clean/augmented parts per preset and n."""
     import numpy as np
 
-    cache = run_dir / "valid_probs.npz"
+    cache = run_dir / "valid_tta_parts.npz"
     if cache.exists():
         return cache
     from kmnist_fa.atomic import write_with

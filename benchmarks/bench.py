@@ -359,10 +359,21 @@ def _cell(s: dict | None) -> str:
     return "-" if s is None else f"{s['ips']:,.0f} ({s['lo']:,.0f}-{s['hi']:,.0f})"
 
 
+CONCURRENT = False  # --smoke: a pair's two processes run side by side; its numbers are not measurements anyway
+
+
 def paired(repeats: int, toolkit: tuple, plain: tuple | None) -> tuple[dict, dict | None]:
     """Toolkit and hand-written measurements interleaved, so drift in machine load hits both alike."""
     tk, pl = [], []
     for _ in range(repeats):
+        if CONCURRENT and plain:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(2) as ex:
+                a, b = ex.submit(run_one, *toolkit), ex.submit(run_one, *plain)
+                tk.append(a.result())
+                pl.append(b.result())
+            continue
         tk.append(run_one(*toolkit))
         if plain:
             pl.append(run_one(*plain))
@@ -401,12 +412,15 @@ def main(argv=None):
     ap.add_argument("--tables", default="train,data,infer,export,patches", help="which tables to run (export needs the "
                     "export extra)")
     ap.add_argument("--smoke", action="store_true",
-                    help="seconds, what CI runs: one dataset, lenet5, 5/20 batches, 1 repeat, 128 images")
+                    help="seconds, what CI runs: one dataset, lenet5, 5/20 batches, 1 repeat, 128 images, the two "
+                    "processes of a pair side by side")
     args = ap.parse_args(argv)
     if args.one:
         return one(args)
     if args.smoke:
+        global CONCURRENT
         args.archs, args.batches, args.data_batches, args.repeats, args.limit = "lenet5", 5, 20, 1, 128
+        CONCURRENT = True
     DATASETS["kmnist-10k"], DATASETS["fashion-60k"] = args.kmnist, args.fashion
     sets = {k: v for k, v in DATASETS.items() if v.exists() and k in args.datasets.split(",")}
     if args.smoke:

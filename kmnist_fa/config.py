@@ -259,6 +259,13 @@ class RegConfig:
                           "noise (fastai's RandomErasing, after normalisation).", min=0, max=1, sweep=True)
     ema: float = option(0.0, "Weight averaging: decay per step of an EMA of the weights, which is what gets "
                         "validated and saved (e.g. 0.99; 0: off).", min=0, max=1, max_open=True, sweep=True)
+    teacher: str | None = option(None, "Distillation: teacher runs (comma-separated; {fold} becomes this run's "
+                                 "fold) whose mean softened prediction on each augmented training batch is a "
+                                 "second target.", recipe=False)
+    distill_weight: float = option(0.5, "Distillation: weight of the teachers' soft targets against the labels "
+                                   "(1: soft targets only).", min=0, max=1, sweep=True)
+    distill_temp: float = option(2.0, "Distillation: softmax temperature of teachers and student in the soft "
+                                 "target term.", min=0, min_open=True, sweep=True)
 
     def __post_init__(self):
         _check_fields(self)

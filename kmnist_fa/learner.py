@@ -35,6 +35,8 @@ from .compat import HandlerDispatchLearner
 from .config import OPTIMIZERS as OPT_NAMES
 from .config import TrainConfig
 from .data import default_device, make_dls
+from .distill import Distill, load_teachers
+from .distill import record_info as distill_info
 from .datasets import MnistData, load_dataset
 from .errors import OptionError, RunError
 from .models import create_model, n_params, splitter
@@ -234,16 +236,26 @@ def _start(cfg, path, name, root, quiet, progress, data, cbs, log, writer: bool 
         record.extra["distributed"] = distributed.record_info(cfg.optim.bs)
     if info.pseudo:
         record.extra["pseudo"] = info.pseudo
+    teachers = _teachers(cfg, data, root, dls)
+    if teachers:
+        record.extra["distill"] = distill_info(cfg, teachers)
     if writer:
         record.write(path)
-    return _run_fit(learn, cfg, lr, path, record, 0, cbs, writer=writer)
+    return _run_fit(learn, cfg, lr, path, record, 0, cbs, writer=writer, teachers=teachers)
+
+
+def _teachers(cfg: TrainConfig, data: MnistData, root, dls) -> list:
+    return load_teachers(cfg, data, root, dls.device) if cfg.reg.teacher else []
 
 
 def _run_fit(learn, cfg, lr, path, record, start_epoch, cbs, smooth_loss=None, best_state=None,
-             writer: bool = True, ema_state: dict | None = None) -> TrainResult:
+             writer: bool = True, ema_state: dict | None = None, teachers: list | None = None) -> TrainResult:
     own = [RunRecorder(path, record, start_epoch, smooth_loss, best_state)] if writer else []
     if cfg.reg.ema:
         own.append(WeightEMA(cfg.reg.ema, ema_state))
+    if teachers:
+        info = learn.dls.info
+        own.append(Distill(teachers, cfg.reg.distill_weight, cfg.reg.distill_temp, info.mean, info.std))
     if distributed.world()[1] > 1:
         own.append(distributed.DDPTrainer())
     learn.add_cbs([*own, *(cbs or [])])
@@ -302,6 +314,10 @@ def _resume(path, root, writer, quiet, progress, data, cbs, log) -> TrainResult:
     if record.extra.get("pseudo") != dls.info.pseudo:
         raise RunError(f"{path}: its teachers now label the test images differently from when it started "
                        f"(--pseudo {cfg.data.pseudo}); train it again under a new --name")
+    teachers = _teachers(cfg, data, root, dls)
+    if record.extra.get("distill") != (distill_info(cfg, teachers) if teachers else None):
+        raise RunError(f"{path}: its teachers' weights differ from when it started (--teacher {cfg.reg.teacher}); "
+                       "train it again under a new --name")
     ckpt, record, best_state = load_checkpoint(path, record, dls.device)
     if writer:
         publish(path, record, best_state)  # views that a kill left behind the commit catch up first
@@ -320,4 +336,4 @@ def _resume(path, root, writer, quiet, progress, data, cbs, log) -> TrainResult:
         raise RunError(f"{ckpt_file}: does not fit this run ({type(e).__name__}: "
                        f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
     return _run_fit(learn, cfg, record.lr, path, record, record.epochs_done, cbs, ckpt["smooth_loss"],
-                    best_state, writer, ckpt.get("ema"))
+                    best_state, writer, ckpt.get("ema"), teachers)

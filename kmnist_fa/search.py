@@ -24,6 +24,7 @@ import os
 import socket
 import statistics
 import tempfile
+import time
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -501,6 +502,32 @@ def work(spec: StudySpec, threads: int | None = None, n_gpu: int = 0, slots: int
     return outcome
 
 
+def watch_parent(parent: int, every: float = 1.0) -> None:
+    """Stop this worker, as Ctrl-C would (its trial is retried on the next run), once its parent is gone.
+
+    A sweep or tune killed by SIGTERM or SIGKILL, unlike Ctrl-C, signals no worker, and a
+    worker claims trial after trial until the study is done: it would go on training, orphaned.
+    """
+    import _thread
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        _thread.interrupt_main()
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def pool_work(parent: int, *args) -> dict[str, str]:
+    """`work` in a pool process; orphaned, it exits instead of waiting for tasks a dead parent cannot send."""
+    try:
+        return work(*args)
+    finally:
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def run_workers(spec: StudySpec, jobs: int = 1, threads: int | None = None) -> dict[str, str]:
     """`jobs` workers on the study: this process alone, or spawned processes with a share of the CPU each."""
     import torch
@@ -513,8 +540,10 @@ def run_workers(spec: StudySpec, jobs: int = 1, threads: int | None = None) -> d
 
     outcome: dict[str, str] = {}
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(work, spec, threads, n_gpu, -(-jobs // max(n_gpu, 1))) for _ in range(jobs)]
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=watch_parent,
+                             initargs=(os.getpid(),)) as pool:
+        futs = [pool.submit(pool_work, os.getpid(), spec, threads, n_gpu, -(-jobs // max(n_gpu, 1)))
+                for _ in range(jobs)]
         for i, f in enumerate(as_completed(futs)):
             try:
                 outcome.update(f.result())

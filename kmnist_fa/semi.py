@@ -27,26 +27,27 @@ from .datasets import MnistData
 from .errors import DataError, OptionError, RunError
 
 
-def teacher_names(spec: str, fold: int | None) -> list[str]:
+def teacher_names(spec: str, fold: int | None, flag: str = "--pseudo") -> list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
-        raise OptionError("--pseudo: no teacher runs given")
+        raise OptionError(f"{flag}: no teacher runs given")
     if any("{fold}" in n for n in names) and fold is None:
-        raise OptionError("--pseudo: {fold} needs a k-fold run (--n-folds K --fold I)")
+        raise OptionError(f"{flag}: {{fold}} needs a k-fold run (--n-folds K --fold I)")
     return [n.replace("{fold}", str(fold)) for n in names]
 
 
-def check_teacher(name: str, teacher: runs.RunRecord, cfg: TrainConfig, data: MnistData) -> None:
+def check_teacher(name: str, teacher: runs.RunRecord, cfg: TrainConfig, data: MnistData,
+                  flag: str = "--pseudo") -> None:
     """Refuse a teacher that saw this run's validation images, or other labelled data."""
     if teacher.data.fingerprint != data.fingerprint:
-        raise RunError(f"--pseudo {name}: trained on other labelled data ({teacher.data.name}); a teacher must be "
+        raise RunError(f"{flag} {name}: trained on other labelled data ({teacher.data.name}); a teacher must be "
                        "trained on this run's data")
     if teacher.classes != list(data.classes):
-        raise RunError(f"--pseudo {name}: its classes differ from this dataset's")
+        raise RunError(f"{flag} {name}: its classes differ from this dataset's")
     s, t = cfg.split, teacher.config.split
     if not s.full and (t.full, t.n_folds, t.fold, t.valid_pct, t.seed) != (s.full, s.n_folds, s.fold, s.valid_pct,
                                                                             s.seed):
-        raise RunError(f"--pseudo {name}: trained on another split ({t.describe()}), so it saw images this run "
+        raise RunError(f"{flag} {name}: trained on another split ({t.describe()}), so it saw images this run "
                        f"validates on ({s.describe()}); use a teacher trained on the same split")
 
 

@@ -107,3 +107,51 @@ def test_sweep_cli(kmnist, tmp_path):
     assert res["results"][0]["acc_mean"] > 0.5 and res["best_recipe"].endswith("best.toml")
     r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr", "--models-dir", str(tmp_path)])
     assert r.exit_code == 2 and "expected NAME=V1,V2" in r.output
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/task"), reason="reads worker processes from /proc")
+def test_workers_of_a_killed_sweep_stop_and_its_trials_are_retried(kmnist, tmp_path):
+    """SIGKILL reaches the sweep's process, not its workers: they notice and stop, instead of training on orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "kmnist_fa", "sweep", "lenet5", "--param", "lr=1e-3,2e-3", "--epochs", "30",
+           "--jobs", "2", "--data", str(kmnist.root), "--models-dir", str(tmp_path), "--name", "killed"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not list((tmp_path / "killed").glob("*/run.json")) and time.time() < deadline:  # training has begun
+        time.sleep(0.5)
+    workers = set().union(*(_children(c) | {c} for c in _children(p.pid)))  # the pool and its resource tracker
+    assert workers and p.poll() is None
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 30
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, workers))
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "killed" / "study.journal")))
+    (name,) = optuna.get_all_study_names(storage)
+    states = sorted(t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials)
+    assert states == ["FAIL", "FAIL", "WAITING", "WAITING"]  # both stopped trials wait to be run again

@@ -8,9 +8,9 @@ the augmented passes are cached separately, so the clean-pass weight (`BETAS`) a
 number of passes are chosen by CV afterwards, without predicting again. Ensembles are
 every combination of up to three levers, scored fold by fold on the same images.
 
-Self-training (`pseudo` in a lever's overrides) names its teacher lever: fold k's
-teacher is that lever's fold-k run, which never saw fold k's validation images, so
-the CV stays honest (the toolkit refuses any other teacher).
+Self-training and distillation (`pseudo`, `teacher` in a lever's overrides) name their
+teacher levers: fold k's teachers are those levers' fold-k runs, which never saw fold
+k's validation images, so the CV stays honest (the toolkit refuses any other teacher).
 
     python tools/cv_levers.py --data ../shared/data/kmnist-10k --out levers --jobs 2
     python tools/cv_levers.py --data ../shared/data/kmnist-10k --out /tmp/lv --smoke
@@ -28,13 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# name: (recipe, overrides); a `pseudo` value names the teacher lever (trained first)
+# name: (recipe, overrides); `pseudo` and `teacher` values name teacher levers (comma-separated; trained first)
 LEVERS = {
     "fast": ("fast", {}),
     "fast-no-ema": ("fast", {"ema": 0.0}),
     "fast-erase": ("fast", {"erase": 0.25}),
     "fast-pseudo": ("fast", {"pseudo": "fast", "pseudo_threshold": 0.8}),
     "fast-long": ("fast", {"epochs": 32}),
+    "fast-pseudo2": ("fast", {"pseudo": "fast-pseudo", "pseudo_threshold": 0.8}),
+    "fast-pseudo-long": ("fast", {"epochs": 32, "pseudo": "fast", "pseudo_threshold": 0.8}),
     "fast-14ep-lr3": ("fast", {"epochs": 14, "lr": 3e-3}),
     "fast-14ep-lr3-pseudo95": ("fast", {"epochs": 14, "lr": 3e-3, "pseudo": "fast-14ep-lr3", "pseudo_threshold": 0.95}),
 }
@@ -50,9 +52,10 @@ def lever_config(name: str, data: str, n_folds: int, out: Path, smoke: bool):
     over = dict(over)
     if smoke:
         over["epochs"] = 1
-    if "pseudo" in over:  # fold k's teacher: the teacher lever's own fold-k run
-        teacher = lever_config(over["pseudo"], data, n_folds, out, smoke)
-        over["pseudo"] = str(member_dir(out, over["pseudo"], teacher, "{fold}").resolve())
+    for key in ("pseudo", "teacher"):  # fold k's teachers: the teacher levers' own fold-k runs
+        if key in over:
+            over[key] = ",".join(str(member_dir(out, t, lever_config(t, data, n_folds, out, smoke), "{fold}")
+                                     .resolve()) for t in over[key].split(","))
     cfg, _ = resolve_config(None, recipe, {**over, "data": data, "n_folds": n_folds, "fold": 0})
     return cfg
 

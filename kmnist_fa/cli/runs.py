@@ -86,6 +86,13 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
         names = ", ".join(map(str, teachers)) if isinstance(teachers, list) else str(teachers)
         rows.append(("self-training", f"{str(p.get('images'))[:12]} pseudo-labelled test images from "
                                       f"{names[:200]} (p >= {str(p.get('threshold'))[:12]})"))
+    d = rec.extra.get("distill")
+    if isinstance(d, dict):
+        teachers = d.get("teachers")
+        names = ", ".join(str(t.get("name")) if isinstance(t, dict) else str(t) for t in teachers) \
+            if isinstance(teachers, list) else str(teachers)
+        rows.append(("distillation", f"soft targets of {names[:200]} (weight {str(d.get('weight'))[:12]}, "
+                                     f"temperature {str(d.get('temp'))[:12]})"))
     rows += [("lineage", " <- ".join([rec.name, *lineage(rec)]))] if rec.parent else []
     rows += [(f"option {k}", str(v)) for k, v in rec.config.flat().items()]
     for k, v in rows:

@@ -131,8 +131,8 @@ class RunRecorder(Callback):
     """Commits each epoch to the run folder: checkpoint first, then its views (see the module docstring).
 
     Runs after fastai's Recorder (order 50) so the epoch's metrics are final. The
-    best epoch (highest valid accuracy; with no validation, the last) is what
-    `model.pth` holds.
+    best epoch (highest valid accuracy; with no validation or `--keep last`, the last)
+    is what `model.pth` holds, and what run.json's `best` describes.
     """
 
     order = 55
@@ -166,7 +166,8 @@ class RunRecorder(Callback):
         rec = self.record
         rec.history.append(row)
         acc = row.get("accuracy")
-        improved = rec.best is None or acc is None or (rec.best.accuracy is not None and acc > rec.best.accuracy)
+        improved = rec.best is None or acc is None or rec.config.keep == "last" or (
+            rec.best.accuracy is not None and acc > rec.best.accuracy)
         if improved:
             rec.best = Best(epoch, acc, row.get("valid_loss"), row.get("train_loss"))
         rec.epochs_done = epoch + 1

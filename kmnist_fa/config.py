@@ -27,6 +27,7 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SCHEDULES = ("one-cycle", "flat", "cosine")
 AUG_PRESETS = ("none", "light", "heavy")
 PRECISIONS = ("fp32", "bf16", "fp16")
+KEEP = ("best", "last")
 TTA_N = 4  # fastai's `tta` default: augmented passes before the clean one is blended in
 TTA_BETA = 0.25  # fastai's `tta` default: weight of the clean pass against the mean of the augmented passes
 
@@ -305,6 +306,9 @@ class TrainConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     data: DataConfig = field(default_factory=DataConfig)
     cpu: bool = option(False, "Use the CPU even when CUDA is available.", recipe=False)
+    keep: str = option("best", "Which epoch's weights model.pth holds: best (highest valid accuracy) or last "
+                       "(what a --full run ships, so k-fold scores of it are not picked on the validation fold).",
+                       choices=KEEP)
     extra: dict = field(default_factory=dict)  # provenance only (recipe, sweep, candidate); never read back as options
 
     def __post_init__(self):

@@ -48,7 +48,7 @@ def test_run_folder_contents(lenet_run):
     for key in ("config", "norm", "classes", "chars", "data", "split", "history", "best", "wall_time_s", "device",
                 "versions", "n_params", "lr"):
         assert key in meta, key
-    assert set(meta["config"]) == {"model", "optim", "reg", "split", "transfer", "data", "cpu", "extra"}
+    assert set(meta["config"]) == {"model", "optim", "reg", "split", "transfer", "data", "cpu", "keep", "extra"}
     assert runs.RunRecord.from_json(meta) == lenet_run.record
     assert meta["n_params"] == 61_706
     assert meta["data"]["files"]["train_images"]["md5"] == "cc561f1428ce5d999f4935255949a783"
@@ -221,3 +221,23 @@ def test_event_dispatch_matches_fastai(kmnist):
     assert ours == theirs and (n1, n2) == ns and rearmed is fastai_rearmed is True
     assert ours[0][:2] == ("b", "before_batch") and ("c", "after_loss", True) in ours[n1:n2]
     assert ("b", "after_loss", False) in ours[n1:n2] and not any(t == "b" for t, *_ in ours[n2:])
+
+
+class Sabotage(Callback):
+    """Zeroes the weights after the last epoch's training, so its validation scores chance."""
+
+    def after_train(self):
+        if self.epoch == self.n_epoch - 1:
+            with torch.no_grad():
+                for p in self.learn.model.parameters():
+                    p.zero_()
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_decides_which_epoch_model_pth_holds(kmnist, tmp_path, keep):
+    r = train(_cfg(kmnist, epochs=2, keep=keep), name=keep, root=tmp_path, quiet=True, data=kmnist, cbs=[Sabotage()])
+    accs = [h["accuracy"] for h in r.record.history]
+    assert accs[0] > 0.5 and accs[1] < 0.2
+    assert r.record.best.epoch == (0 if keep == "best" else 1) and r.record.best.accuracy == accs[r.record.best.epoch]
+    saved = torch.load(r.path / "model.pth", weights_only=True)
+    assert any(v.abs().sum() > 0 for v in saved.values()) == (keep == "best")

@@ -77,7 +77,8 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     rec = res.record
     acc = rec.best.accuracy if rec.best else None
     out.print(f"run {rec.name}: {rec.epochs_done} epochs in {rec.wall_time_s:.0f}s; "
-              + (f"best valid accuracy {acc:.4f} at epoch {rec.best.epoch + 1}" if acc is not None
+              + (f"{'last' if rec.config.keep == 'last' else 'best'} valid accuracy {acc:.4f} at epoch "
+                 f"{rec.best.epoch + 1}" if acc is not None
                  else "no validation split (--full)") + f" -> {res.path}", highlight=False)
 
 

@@ -38,6 +38,8 @@ LEVERS = {
     "fast-pseudo2": ("fast", {"pseudo": "fast-pseudo", "pseudo_threshold": 0.8}),
     "fast-pseudo-long": ("fast", {"epochs": 32, "pseudo": "fast", "pseudo_threshold": 0.8}),
     "fast-pseudo-ens": ("fast", {"pseudo": "fast,fast-no-ema,fast-erase", "pseudo_threshold": 0.8, "keep": "last"}),
+    "fast-pseudo-long-ens": ("fast", {"epochs": 32, "pseudo": "fast-pseudo,fast-pseudo2,fast-pseudo-long",
+                                      "pseudo_threshold": 0.8, "keep": "last"}),
     "fast-kd-long": ("fast", {"epochs": 32, "teacher": "fast-pseudo,fast-pseudo2", "distill_weight": 0.7,
                               "pseudo": "fast-pseudo,fast-pseudo2", "pseudo_threshold": 0.5, "keep": "last"}),
 }

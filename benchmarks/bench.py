@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,8 +368,6 @@ def paired(repeats: int, toolkit: tuple, plain: tuple | None) -> tuple[dict, dic
     tk, pl = [], []
     for _ in range(repeats):
         if CONCURRENT and plain:
-            from concurrent.futures import ThreadPoolExecutor
-
             with ThreadPoolExecutor(2) as ex:
                 a, b = ex.submit(run_one, *toolkit), ex.submit(run_one, *plain)
                 tk.append(a.result())

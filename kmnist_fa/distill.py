@@ -93,7 +93,7 @@ class Distill(Callback):
                                 for t in self.teachers]).mean(0)
 
     def after_loss(self):
-        if not self.training or not self.teachers:
+        if not self.training:
             return
         target = self.soft_targets(self.xb[0])
         log_q = F.log_softmax(self.pred.float() / self.temp, 1)

@@ -14,7 +14,7 @@ median (min-max):
 3. inference on the unlabelled test images: a plain torch forward pass, the toolkit
    without and with TTA, and the default reference model;
 4. export (with the `export` extra): the ONNX model through the torch-free
-   `kmnist_fa.runtime` against the plain torch forward pass, at batch 256 and batch 1,
+   `kmnist_fa.infer.runtime` against the plain torch forward pass, at batch 256 and batch 1,
    and the installed size of each stack's packages;
 5. peak RSS, in every table.
 
@@ -37,7 +37,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATASETS = {"kmnist-10k": ROOT.parent / "shared" / "data" / "kmnist-10k",
             "fashion-60k": Path("/usr/share/datasets/fashion-mnist")}
 LR, BS, WARM = 2e-3, 64, 5  # WARM batches run before the clock starts (allocator, oneDNN/cuDNN set-up)
@@ -65,7 +64,7 @@ def _sync(device):
 
 
 def _subset(folder: str, n: int | None):
-    from kmnist_fa.datasets import load_dataset
+    from kmnist_fa.data.datasets import load_dataset
 
     d = load_dataset(data=folder)
     d.epoch_images = round(len(d.train_y) * 0.9)  # a training epoch on the default 10% holdout split
@@ -115,16 +114,17 @@ def train_toolkit(arch: str, folder: str, n_batches: int, device: str, aug: str 
 
     from fastai.callback.core import Callback
 
-    from kmnist_fa import compat
-    from kmnist_fa import data as kdata
+    from kmnist_fa.core import speedups as compat
+    from kmnist_fa.data import pipeline as kdata
 
     if "dispatch" in off.split(","):  # every callback sees every event, as in fastai's Learner
         compat.PER_BATCH_EVENTS = ()
     if "untyped" in off.split(","):  # batch transforms with tensor-subclass dispatch on
         kdata.no_subclass_dispatch = contextlib.nullcontext
 
-    from kmnist_fa.config import TrainConfig
-    from kmnist_fa.learner import build_learner, prepare
+    from kmnist_fa.config.options import TrainConfig
+    from kmnist_fa.pipelines.training import prepare
+    from kmnist_fa.train.learner import build_learner
 
     clock = Clock(device)
 
@@ -152,8 +152,8 @@ def train_plain(arch: str, folder: str, n_batches: int, device: str) -> dict:
     """The loop one would write by hand: same model, data, augmentation, optimiser, schedule."""
     import torch
 
-    from kmnist_fa.data import image_stats
-    from kmnist_fa.models import create_model
+    from kmnist_fa.data.pipeline import image_stats
+    from kmnist_fa.models.registry import create_model
 
     torch.manual_seed(42)
     dev = torch.device(device)
@@ -185,8 +185,8 @@ def train_plain(arch: str, folder: str, n_batches: int, device: str) -> dict:
 
 def data_toolkit(preset: str, folder: str, limit: int | None, n_batches: int, device: str) -> dict:
     """Whole epochs of `dls.train` (shuffle, batch, to-float, augment, normalise), >= `n_batches`."""
-    from kmnist_fa.data import make_dls
-    from kmnist_fa.splits import SplitSpec
+    from kmnist_fa.data.pipeline import make_dls
+    from kmnist_fa.data.splits import SplitSpec
 
     dls = make_dls(_subset(folder, limit), SplitSpec(valid_pct=0.1, seed=0), preset, BS, device)
     clock = Clock(device)
@@ -200,8 +200,8 @@ def data_plain(preset: str, folder: str, limit: int | None, n_batches: int, devi
     """The same epoch by hand: shuffle, index, move, float, (augment,) normalise."""
     import torch
 
-    from kmnist_fa.data import image_stats
-    from kmnist_fa.splits import SplitSpec, split_indices
+    from kmnist_fa.data.pipeline import image_stats
+    from kmnist_fa.data.splits import SplitSpec, split_indices
 
     if preset not in ("none", "light"):
         raise SystemExit(f"no hand-written pipeline for aug={preset}")
@@ -226,10 +226,10 @@ def data_plain(preset: str, folder: str, limit: int | None, n_batches: int, devi
 
 def infer_toolkit(kind: str, folder: str, limit: int | None, device: str) -> dict:
     """The toolkit's predict path: a reference run loaded from disk, plain or TTA, or the default."""
-    from kmnist_fa.datasets import load_dataset
-    from kmnist_fa.ensemble import combine, member_probs
-    from kmnist_fa.inference import load_run
-    from kmnist_fa.runs import reference_default, reference_dir
+    from kmnist_fa.data.datasets import load_dataset
+    from kmnist_fa.infer.ensemble import combine, member_probs
+    from kmnist_fa.infer.predict import load_run
+    from kmnist_fa.runs.paths import reference_default, reference_dir
 
     x = load_dataset(data=folder).test_x[:limit]
     cpu = device == "cpu"
@@ -253,9 +253,10 @@ def infer_plain(kind: str, folder: str, limit: int | None, device: str) -> dict:
     """The hand-written floor: the same weights, normalise, forward in batches of 256, softmax."""
     import torch
 
-    from kmnist_fa.datasets import load_dataset
-    from kmnist_fa.models import create_model
-    from kmnist_fa.runs import RunRecord, reference_dir
+    from kmnist_fa.data.datasets import load_dataset
+    from kmnist_fa.models.registry import create_model
+    from kmnist_fa.runs.paths import reference_dir
+    from kmnist_fa.runs.record import RunRecord
 
     path = reference_dir() / INFER_ARCH
     rec = RunRecord.read(path)
@@ -283,9 +284,9 @@ def onnx_file() -> Path:
 
 
 def infer_onnx(kind: str, folder: str, limit: int | None, device: str) -> dict:
-    """The exported ONNX model through kmnist_fa.runtime (onnxruntime, CPU), in a process without torch."""
-    from kmnist_fa.datasets import load_dataset
-    from kmnist_fa.runtime import OnnxClassifier
+    """The exported ONNX model through kmnist_fa.infer.runtime (onnxruntime, CPU), in a process without torch."""
+    from kmnist_fa.data.datasets import load_dataset
+    from kmnist_fa.infer.runtime import OnnxClassifier
 
     clf, bs = OnnxClassifier(onnx_file()), 1 if kind == "batch1" else 256
     x = load_dataset(data=folder).test_x[:limit]
@@ -482,11 +483,11 @@ def main(argv=None):
     if "export" in tables:
         # exported in its own process: a child's peak RSS starts from its parent's, and exporting is large
         subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                        "from kmnist_fa.export import export; from kmnist_fa.inference import load_run; "
+                        "from kmnist_fa.infer.export import export; from kmnist_fa.infer.predict import load_run; "
                         "from kmnist_fa.runs import reference_dir; "
                         "export([load_run(reference_dir() / sys.argv[2], cpu=True)], sys.argv[3])",
                         str(ROOT), INFER_ARCH, str(onnx_file())], check=True, capture_output=True)
-        print(f"\nExport: {INFER_ARCH} as ONNX through kmnist_fa.runtime (onnxruntime, CPU) against the plain "
+        print(f"\nExport: {INFER_ARCH} as ONNX through kmnist_fa.infer.runtime (onnxruntime, CPU) against the plain "
               f"torch forward pass\n\n| model / batch | onnxruntime img/s | plain img/s | time ratio | "
               "onnxruntime RSS MB | plain RSS MB |\n|---|---:|---:|---:|---:|---:|")
         for kind, small in (("batch256", args.limit), ("batch1", min(args.limit or 500, 500))):

@@ -1,4 +1,4 @@
 """`python -m kmnist_fa ...` behaves exactly like the installed `kmnist-fa ...`."""
-from kmnist_fa.cli import app
+from .cli import app
 
 app(prog_name="kmnist-fa")

@@ -25,7 +25,7 @@ def kmnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def kmnist(kmnist_dir):
-    from kmnist_fa.datasets import load_dataset
+    from kmnist_fa.data.datasets import load_dataset
 
     return load_dataset(data=kmnist_dir)
 
@@ -43,7 +43,7 @@ def synthetic_arrays(n: int, n_classes: int = 10, seed: int = 0) -> tuple[np.nda
 def write_synthetic(root: Path, n_train: int = 200, n_test: int = 50, n_classes: int = 10, fmt: str = "idx-gz",
                     test_labels: bool = True, classmap: list[str] | None = None) -> Path:
     """A dataset folder in one of the family's layouts: idx-gz, idx (plain) or npz."""
-    from kmnist_fa.formats import write_idx, write_npz
+    from kmnist_fa.core.formats import write_idx, write_npz
 
     root.mkdir(parents=True, exist_ok=True)
     (xtr, ytr), (xte, yte) = synthetic_arrays(n_train, n_classes, 0), synthetic_arrays(n_test, n_classes, 1)
@@ -73,8 +73,8 @@ def synth(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def lenet_run(kmnist, tmp_path_factory):
     """One LeNet5 run trained on the real sample, shared by the tests that only read it."""
-    from kmnist_fa.config import TrainConfig
-    from kmnist_fa.learner import train
+    from kmnist_fa.config.options import TrainConfig
+    from kmnist_fa.pipelines.training import train
 
     root = tmp_path_factory.mktemp("models")
     cfg = TrainConfig.build(arch="lenet5", epochs=4, lr=3e-3, data=str(kmnist.root))

@@ -2,7 +2,7 @@
 
     python tests/crash_harness.py --data DIR --work DIR [--images N] [--epochs E]
 
-Every write of a run goes through `kmnist_fa.atomic`: a temp file appears
+Every write of a run goes through `kmnist_fa.core.atomic`: a temp file appears
 (`tempfile.mkstemp`), is filled, then renamed over its target (`os.replace`). The
 harness first trains once with both calls counted, giving the list of write events;
 then, for each event k, it trains again and SIGKILLs the process right after event k,
@@ -69,7 +69,7 @@ def _count_writes(log_file: Path | None, kill_at: int | None) -> None:
 
 
 def _summary(path: Path) -> dict:
-    from kmnist_fa.runs import RunRecord
+    from kmnist_fa.runs.record import RunRecord
 
     rec = RunRecord.read(path)
     return {"status": rec.status, "epochs_done": rec.epochs_done, "best": dataclasses.asdict(rec.best),
@@ -87,10 +87,10 @@ def main() -> None:
 
     import torch
 
-    from kmnist_fa.config import TrainConfig
-    from kmnist_fa.datasets import load_dataset
-    from kmnist_fa.errors import RunError
-    from kmnist_fa.learner import resume, train
+    from kmnist_fa.config.options import TrainConfig
+    from kmnist_fa.core.errors import RunError
+    from kmnist_fa.data.datasets import load_dataset
+    from kmnist_fa.pipelines.training import resume, train
 
     full = load_dataset(data=args.data)
     data = dataclasses.replace(full, train_x=full.train_x[: args.images], train_y=full.train_y[: args.images])

@@ -14,8 +14,8 @@ def main():
     import torch
 
     torch.set_num_threads(1)
-    from kmnist_fa.config import TrainConfig
-    from kmnist_fa.learner import resume, train
+    from kmnist_fa.config.options import TrainConfig
+    from kmnist_fa.pipelines.training import resume, train
 
     data, root, name, epochs, dump = sys.argv[1:6]
     if "--resume" in sys.argv:

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from kmnist_fa import runs
-from kmnist_fa.checkpoint import load_checkpoint
-from kmnist_fa.config import TrainConfig
-from kmnist_fa.errors import RunError
-from kmnist_fa.learner import resume, train
-from kmnist_fa.inference import load_run, predict_probs, validation_set
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import RunError
+from kmnist_fa.infer.predict import load_run, predict_probs, validation_set
+from kmnist_fa.pipelines.training import resume, train
+from kmnist_fa.train.checkpoint import load_checkpoint
 from tests.test_training import Interrupt
 
 

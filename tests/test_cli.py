@@ -144,7 +144,7 @@ def test_piped_tables_keep_whole_names_and_numbers(tmp_path):
     import os
     import shutil
 
-    from kmnist_fa.runs import reference_dir
+    from kmnist_fa.runs.paths import reference_dir
 
     name = "a-long-run-name-lenet5-20261130-073000"
     shutil.copytree(reference_dir() / "lenet5", tmp_path / name)

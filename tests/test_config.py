@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kmnist_fa.config import OPTIONS, RECIPE_KEYS, SWEEPABLE, TrainConfig, recipe_values
-from kmnist_fa.errors import OptionError
+from kmnist_fa.config.options import OPTIONS, RECIPE_KEYS, SWEEPABLE, TrainConfig, recipe_values
+from kmnist_fa.core.errors import OptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,14 +59,14 @@ def test_bad_choices_fail_before_torch_loads():
 
 
 def test_an_option_added_in_one_place_reaches_cli_recipes_sweeps_and_run_json(tmp_path, synth):
-    """Copy the package, add one `option(...)` line to config.py, and look for it everywhere."""
+    """Copy the package, add one `option(...)` line to config/options.py, and look for it everywhere."""
     pkg = tmp_path / "src" / "kmnist_fa"
     shutil.copytree(ROOT / "kmnist_fa", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    src = (pkg / "config.py").read_text()
+    src = (pkg / "config" / "options.py").read_text()
     anchor = '    schedule: str = option("one-cycle"'
     assert src.count(anchor) == 1
     line = '    warmup_pct: float = option(0.3, "Dummy: warm-up fraction.", min=0, max=1, sweep=True)\n'
-    (pkg / "config.py").write_text(src.replace(anchor, line + anchor))
+    (pkg / "config" / "options.py").write_text(src.replace(anchor, line + anchor))
     script = textwrap.dedent(f"""
         import json
         from pathlib import Path
@@ -74,9 +74,9 @@ def test_an_option_added_in_one_place_reaches_cli_recipes_sweeps_and_run_json(tm
         import kmnist_fa
         assert Path(kmnist_fa.__file__).parent == Path({str(pkg)!r})
         from kmnist_fa.cli import app
-        from kmnist_fa.errors import OptionError
-        from kmnist_fa.recipes import resolve_config
-        from kmnist_fa.sweep import parse_param
+        from kmnist_fa.core.errors import OptionError
+        from kmnist_fa.config.recipes import resolve_config
+        from kmnist_fa.pipelines.sweep import parse_param
         run = CliRunner().invoke
         r = run(app, ["train", "--help"], terminal_width=200)
         text = " ".join(r.output.replace("│", " ").split())  # help wraps at its own width

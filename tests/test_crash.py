@@ -11,9 +11,9 @@ import pytest
 from fastai.callback.core import Callback
 
 from kmnist_fa import runs
-from kmnist_fa.config import TrainConfig
-from kmnist_fa.errors import RunError
-from kmnist_fa.learner import resume, train
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import RunError
+from kmnist_fa.pipelines.training import resume, train
 
 from .conftest import write_synthetic
 

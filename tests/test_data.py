@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from kmnist_fa.data import AUG_PRESETS, ArrayDL, aug_tfms, array_dl, image_stats, make_dls, sample_batch
-from kmnist_fa.errors import OptionError
-from kmnist_fa.config import SplitSpec
+from kmnist_fa.config.options import SplitSpec
+from kmnist_fa.core.errors import OptionError
+from kmnist_fa.data.pipeline import AUG_PRESETS, ArrayDL, array_dl, aug_tfms, image_stats, make_dls, sample_batch
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_affine_matrices_equal_fastai(kmnist, preset):
     from fastai.torch_core import TensorImageBW
     from fastai.vision.augment import AffineCoordTfm, rotate_mat
 
-    from kmnist_fa.data import rotation_mat
+    from kmnist_fa.data.pipeline import rotation_mat
 
     tfm = aug_tfms(preset)[0]
     fastai_fs = [partial(rotate_mat, max_deg=f.keywords["max_deg"], p=1.0) if getattr(f, "func", None) is rotation_mat
@@ -121,7 +121,7 @@ def test_untyped_pipeline_gives_fastai_batches(kmnist, preset):
     """Training batches through ArrayDL's pipeline (subclass dispatch off) equal fastai's own Pipeline's."""
     from fasttransform import Pipeline
 
-    from kmnist_fa.data import UntypedOpsPipeline
+    from kmnist_fa.data.pipeline import UntypedOpsPipeline
 
     dl = make_dls(kmnist, SplitSpec(seed=0), aug=preset, bs=32, device="cpu").train
     assert type(dl.after_batch) is UntypedOpsPipeline and type(dl.new().after_batch) is UntypedOpsPipeline
@@ -140,7 +140,7 @@ def test_untyped_pipeline_gives_fastai_batches(kmnist, preset):
 
 def test_image_stats_exact_and_chunked(kmnist):
     """Integer sums in chunks give float64's mean/std (to rounding), whatever the chunk size."""
-    from kmnist_fa.errors import DataError
+    from kmnist_fa.core.errors import DataError
 
     x = kmnist.train_x[:1000]
     ref = x.astype(np.float64) / 255
@@ -161,12 +161,12 @@ def test_split_and_batch_size_that_would_train_nonsense(kmnist):
 
 
 def test_compat_fallbacks(monkeypatch):
-    """Private names live in kmnist_fa.compat only; without them the public path is taken."""
+    """Private names live in kmnist_fa.core.speedups only; without them the public path is taken."""
     import contextlib
 
     from fastai.callback.core import _inner_loop
 
-    from kmnist_fa import compat
+    from kmnist_fa.core import speedups as compat
 
     assert compat.PER_BATCH_EVENTS == compat.FALLBACK_EVENTS == tuple(_inner_loop)  # the fallback mirrors fastai
     assert type(compat.no_subclass_dispatch()).__name__ == "DisableTorchFunctionSubclass"
@@ -179,10 +179,10 @@ def test_training_without_the_private_patches_is_identical(synth, tmp_path, monk
     disappears), a heavy-augmentation run gives the same losses and weights."""
     import contextlib
 
-    from kmnist_fa import compat
-    from kmnist_fa import data as kdata
-    from kmnist_fa.config import TrainConfig
-    from kmnist_fa.learner import train
+    from kmnist_fa.config.options import TrainConfig
+    from kmnist_fa.core import speedups as compat
+    from kmnist_fa.data import pipeline as kdata
+    from kmnist_fa.pipelines.training import train
 
     cfg = TrainConfig.build(arch="lenet5", epochs=2, lr=3e-3, bs=32, aug="heavy", data=str(synth))
     a = train(cfg, name="patched", root=tmp_path, quiet=True)

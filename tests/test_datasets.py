@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmnist_fa import datasets
-from kmnist_fa.datasets import load_dataset, md5sum
-from kmnist_fa.errors import DataError
-from kmnist_fa.formats import write_idx
+from kmnist_fa.core.errors import DataError
+from kmnist_fa.core.formats import write_idx
+from kmnist_fa.data import datasets
+from kmnist_fa.data.datasets import load_dataset, md5sum
 
 from .conftest import synthetic_arrays, write_synthetic
 
@@ -219,7 +219,7 @@ def test_md5sum_matches_hashlib(tmp_path):
 
 
 def test_empty_dataset_and_nameless_classmap(tmp_path):
-    from kmnist_fa.formats import write_idx
+    from kmnist_fa.core.formats import write_idx
 
     root = write_synthetic(tmp_path / "toy")
     (root / "toy_classmap.csv").write_text("index\n0\n1\n")

@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from kmnist_fa import runs
-from kmnist_fa.config import TrainConfig
-from kmnist_fa.data import make_dls
-from kmnist_fa.distill import Distill, Teacher, load_teachers
-from kmnist_fa.errors import OptionError, RunError
-from kmnist_fa.inference import load_run, predict_probs
-from kmnist_fa.learner import resume, train
-from kmnist_fa.runs import RunRecord
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import OptionError, RunError
+from kmnist_fa.data.pipeline import make_dls
+from kmnist_fa.infer.predict import load_run, predict_probs
+from kmnist_fa.pipelines.teachers import load_teachers
+from kmnist_fa.pipelines.training import resume, train
+from kmnist_fa.runs.record import RunRecord
+from kmnist_fa.train.distill import Distill, Teacher
 
 from .test_training import Interrupt
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kmnist_fa.data import make_dls
-from kmnist_fa.runs import RunRecord
-from kmnist_fa.splits import SplitSpec
+from kmnist_fa.data.pipeline import make_dls
+from kmnist_fa.data.splits import SplitSpec
+from kmnist_fa.runs.record import RunRecord
 
 HARNESS = Path(__file__).resolve().parent / "ddp_harness.py"
 

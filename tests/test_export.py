@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 pytest.importorskip("onnxruntime", reason="the export extra is not installed")
 
 from kmnist_fa.cli import app  # noqa: E402
-from kmnist_fa.export import export  # noqa: E402
-from kmnist_fa.inference import load_run, predict_probs  # noqa: E402
-from kmnist_fa.runs import reference_runs  # noqa: E402
-from kmnist_fa.runtime import OnnxClassifier  # noqa: E402
+from kmnist_fa.infer.export import export  # noqa: E402
+from kmnist_fa.infer.predict import load_run, predict_probs  # noqa: E402
+from kmnist_fa.infer.runtime import OnnxClassifier  # noqa: E402
+from kmnist_fa.runs.paths import reference_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -51,7 +51,7 @@ def test_safetensors_round_trip_and_metadata(tmp_path):
 
 
 def test_ensemble_graph_and_cli(kmnist, tmp_path):
-    from kmnist_fa.formats import write_idx
+    from kmnist_fa.core.formats import write_idx
 
     runs = [str(p) for p in reference_runs() if p.name in ("lenet5", "alexnet5")]
     r = runner.invoke(app, ["export", *runs, "--out", str(tmp_path / "ens.onnx")])
@@ -87,7 +87,7 @@ def test_runtime_classifies_without_torch(kmnist, kmnist_dir, tmp_path):
     Image.fromarray(255 - kmnist.train_x[5]).resize((84, 84)).save(tmp_path / "char.png")  # dark on light, larger
     code = (
         "import sys, json; sys.modules['torch'] = None; sys.modules['fastai'] = None\n"
-        "from kmnist_fa.runtime import classify\n"
+        "from kmnist_fa.infer.runtime import classify\n"
         f"rows = classify({str(model)!r}, [{str(tmp_path / 'char.png')!r}])\n"
         f"rows += classify({str(model)!r}, [{str(kmnist_dir / 't10k-images-idx3-ubyte.gz')!r}])[:50]\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
@@ -96,7 +96,7 @@ def test_runtime_classifies_without_torch(kmnist, kmnist_dir, tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(r.stdout)
-    from kmnist_fa.images import read_image
+    from kmnist_fa.data.images import read_image
 
     want = predict_probs(run, read_image(tmp_path / "char.png")[None]).argmax(1).item()
     test = predict_probs(run, kmnist.test_x[:50]).argmax(1).tolist()
@@ -105,8 +105,8 @@ def test_runtime_classifies_without_torch(kmnist, kmnist_dir, tmp_path):
 
 
 def test_hub_folder_round_trip_card_and_offline_push(kmnist, tmp_path, monkeypatch):
-    from kmnist_fa.formats import write_idx
-    from kmnist_fa.runs import RunRecord
+    from kmnist_fa.core.formats import write_idx
+    from kmnist_fa.runs.record import RunRecord
 
     ref = reference_runs()[-1]  # lenet5
     r = runner.invoke(app, ["export", str(ref), "--format", "hub", "--out", str(tmp_path / "hub")])

@@ -3,8 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from kmnist_fa.errors import DataError
-from kmnist_fa.formats import encode_idx, read_array, read_idx, read_npz, write_idx, write_npz
+from kmnist_fa.core.errors import DataError
+from kmnist_fa.core.formats import encode_idx, read_array, read_idx, read_npz, write_idx, write_npz
 
 
 @pytest.mark.parametrize("name", ["imgs-idx3-ubyte", "imgs-idx3-ubyte.gz"])

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from kmnist_fa.datasets import read_classmap
-from kmnist_fa.errors import DataError
-from kmnist_fa.formats import encode_idx, read_array
-from kmnist_fa.images import decode_image
+from kmnist_fa.core.errors import DataError
+from kmnist_fa.core.formats import encode_idx, read_array
+from kmnist_fa.data.datasets import read_classmap
+from kmnist_fa.data.images import decode_image
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,9 +115,9 @@ def test_readers_stay_within_a_memory_limit(tmp_path):
     code = textwrap.dedent(f"""
         import resource
         from pathlib import Path
-        from kmnist_fa.errors import DataError
-        from kmnist_fa.formats import read_array
-        from kmnist_fa.images import read_image
+        from kmnist_fa.core.errors import DataError
+        from kmnist_fa.core.formats import read_array
+        from kmnist_fa.data.images import read_image
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
         d = Path({str(tmp_path)!r})
         for name in ("bomb-idx3-ubyte.gz", "huge-idx3-ubyte"):
@@ -163,9 +163,9 @@ class _Evil:
 def test_pickles_never_run(tmp_path):
     import torch
 
-    from kmnist_fa.errors import RunError
-    from kmnist_fa.formats import read_npz
-    from kmnist_fa.runs import load_state
+    from kmnist_fa.core.errors import RunError
+    from kmnist_fa.core.formats import read_npz
+    from kmnist_fa.runs.weights import load_state
 
     marker = tmp_path / "ran"
     np.savez(tmp_path / "evil.npz", np.array([_Evil(marker)], dtype=object))

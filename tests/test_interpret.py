@@ -7,9 +7,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
-from kmnist_fa.errors import DataError, OptionError
-from kmnist_fa.inference import load_run, run_data
-from kmnist_fa.interpret import evaluate, interpret, labelled_split, write_interpretation
+from kmnist_fa.core.errors import DataError, OptionError
+from kmnist_fa.infer.interpret import evaluate, interpret, labelled_split, write_interpretation
+from kmnist_fa.infer.predict import load_run, run_data
 
 runner = CliRunner()
 
@@ -71,7 +71,7 @@ def test_html_report_is_self_contained(interp_out):
 
 
 def test_hiragana_render_not_tofu():
-    from kmnist_fa.plots import font_has, japanese_font, render_text
+    from kmnist_fa.core.plots import font_has, japanese_font, render_text
 
     assert japanese_font()
     assert font_has("お") and not font_has("\U0010fffd")
@@ -98,7 +98,7 @@ def test_evaluate_flags_runs_on_other_data(lenet_run, tmp_path):
     ev = evaluate(run, run_data(run), "valid")
     assert ev.n == 600 and ev.flags == [] and ev.accuracy == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
     assert ev.errors == round((1 - ev.accuracy) * 600)
-    from kmnist_fa.datasets import load_dataset
+    from kmnist_fa.data.datasets import load_dataset
 
     other = load_dataset(data=write_synthetic(tmp_path / "toy", n_train=200))
     ev2 = evaluate(run, other, "test")
@@ -119,8 +119,8 @@ def test_evaluate_and_interpret_cli(lenet_run, tmp_path):
 @pytest.mark.parametrize("k", [16, 24])
 def test_top_losses_titles_never_cover_images(interp_out, k):
     """Two-line titles ("お o / き ki" and "loss / prob") stay clear of the row of images above them."""
-    from kmnist_fa.interpret import plot_top_losses
-    from kmnist_fa.plots import plt
+    from kmnist_fa.core.plots import plt
+    from kmnist_fa.infer.interpret import plot_top_losses
 
     run, interp, _, _ = interp_out
     fig = plot_top_losses(interp, [run.record.label(i) for i in range(10)], k)
@@ -136,8 +136,8 @@ def test_top_losses_titles_never_cover_images(interp_out, k):
 
 
 def test_curves_of_a_full_run_say_there_is_no_validation(tmp_path, monkeypatch):
-    from kmnist_fa.checkpoint import plot_curves
-    from kmnist_fa.plots import plt
+    from kmnist_fa.core.plots import plt
+    from kmnist_fa.train.checkpoint import plot_curves
 
     hist = [{"epoch": i, "train_loss": 1.0 / (i + 1), "valid_loss": None, "accuracy": None} for i in range(3)]
     saved, texts = plt.Figure.savefig, []

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from kmnist_fa.errors import OptionError
-from kmnist_fa.models import ARCHS, create_model, get_arch, n_params, register_arch, splitter
+from kmnist_fa.core.errors import OptionError
+from kmnist_fa.models.archs import splitter
+from kmnist_fa.models.registry import ARCHS, create_model, get_arch, n_params, register_arch
 
 
 @pytest.mark.parametrize("arch,bn,expected", [

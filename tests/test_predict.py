@@ -5,10 +5,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
-from kmnist_fa.ensemble import agreement, combine, submission_csv
-from kmnist_fa.errors import OptionError, RunError
-from kmnist_fa.images import collect_inputs, frame
-from kmnist_fa.inference import load_run, predict_probs, run_data, tta_parts, validation_set
+from kmnist_fa.core.errors import OptionError, RunError
+from kmnist_fa.data.images import collect_inputs, frame
+from kmnist_fa.infer.ensemble import agreement, combine, submission_csv
+from kmnist_fa.infer.predict import load_run, predict_probs, run_data, tta_parts, validation_set
 
 runner = CliRunner()
 
@@ -116,7 +116,7 @@ def test_predict_cli_csv_and_corrupt_file(lenet_run, valid, tmp_path):
     assert r.exit_code == 1
     assert "zz.png: not a readable image" in r.output
     lines = (tmp_path / "s.csv").read_bytes().split(b"\n")
-    assert lines[0] == b"Id,Category" and [l.split(b",")[0] for l in lines[1:4]] == [b"ok0.png", b"ok1.png", b"ok2.png"]
+    assert lines[0] == b"Id,Category" and [row.split(b",")[0] for row in lines[1:4]] == [b"ok0.png", b"ok1.png", b"ok2.png"]
     assert b"\r" not in (tmp_path / "s.csv").read_bytes()
 
 
@@ -148,7 +148,7 @@ def test_ensemble_cli(lenet_run, tmp_path):
 def test_classes_must_match(loaded):
     from copy import deepcopy
 
-    from kmnist_fa.ensemble import check_members
+    from kmnist_fa.infer.ensemble import check_members
 
     other = deepcopy(loaded)
     other.record.classes = [str(i) for i in range(10)]
@@ -168,7 +168,7 @@ def test_load_run_rejects_wrong_weights(lenet_run, tmp_path):
 
 def test_predict_works_out_of_the_box_with_reference_models(valid, tmp_path):
     """`kmnist-fa predict char.png` with no --model uses the shipped default, with its own TTA setting."""
-    from kmnist_fa.runs import reference_default
+    from kmnist_fa.runs.paths import reference_default
 
     x, y = valid
     Image.fromarray(255 - x[0]).resize((90, 90)).save(tmp_path / "char.png")
@@ -185,7 +185,7 @@ def test_tta_predictions_repeat_byte_for_byte(lenet_run, kmnist_dir, tmp_path):
     """Same inputs, runs, options and seed: the same submission, whatever ran before (TTA is seeded)."""
     import torch
 
-    from kmnist_fa.formats import read_idx, write_idx
+    from kmnist_fa.core.formats import read_idx, write_idx
 
     x = read_idx(kmnist_dir / "t10k-images-idx3-ubyte.gz", 3)[:400]
     write_idx(tmp_path / "x-idx3-ubyte", x)
@@ -244,7 +244,7 @@ def test_learn_predict_takes_what_fastai_users_pass(lenet_run, loaded, valid, tm
     or a tensor gives what `kmnist-fa predict` gives for the same image file."""
     import json
 
-    from kmnist_fa.errors import DataError
+    from kmnist_fa.core.errors import DataError
 
     img = Image.fromarray(255 - np.kron(valid[0][3], np.ones((3, 3), np.uint8)))  # 84x84, dark ink on white
     img.save(tmp_path / "c.png")
@@ -267,8 +267,8 @@ def test_learn_predict_takes_what_fastai_users_pass(lenet_run, loaded, valid, tm
 def test_fastai_callbacks_write_into_the_run_folder(kmnist, tmp_path):
     from fastai.callback.progress import CSVLogger
 
-    from kmnist_fa.config import TrainConfig
-    from kmnist_fa.learner import train
+    from kmnist_fa.config.options import TrainConfig
+    from kmnist_fa.pipelines.training import train
 
     cfg = TrainConfig.build(arch="lenet5", epochs=1, lr=3e-3, data=str(kmnist.root), aug="none")
     res = train(cfg, name="csv", root=tmp_path, quiet=True, data=kmnist, cbs=[CSVLogger(fname="fastai_log.csv")])

@@ -2,8 +2,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
-from kmnist_fa.errors import OptionError
-from kmnist_fa.recipes import list_recipes, load_recipe, resolve_config
+from kmnist_fa.config.recipes import list_recipes, load_recipe, resolve_config
+from kmnist_fa.core.errors import OptionError
 
 
 def test_report_rows_are_recipes():

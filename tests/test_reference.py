@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from kmnist_fa.inference import load_run, predict_probs
-from kmnist_fa.models import create_model, n_params
-from kmnist_fa.runs import FORMAT_VERSION, RunRecord, reference_default, reference_dir
+from kmnist_fa.infer.predict import load_run, predict_probs
+from kmnist_fa.models.registry import create_model, n_params
+from kmnist_fa.runs.paths import reference_default, reference_dir
+from kmnist_fa.runs.record import FORMAT_VERSION, RunRecord
 
 SHIPPED = sorted(p for p in reference_dir().iterdir() if (p / "run.json").exists())
 

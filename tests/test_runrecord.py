@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
-from kmnist_fa.errors import RunError
-from kmnist_fa.runs import FORMAT_VERSION, RunRecord, Unreadable, list_runs, reference_dir
+from kmnist_fa.core.errors import RunError
+from kmnist_fa.runs.paths import reference_dir
+from kmnist_fa.runs.record import FORMAT_VERSION, RunRecord
+from kmnist_fa.runs.store import Unreadable, list_runs
 
 runner = CliRunner()
 

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from kmnist_fa.config import TrainConfig
-from kmnist_fa.errors import OptionError, RunError
-from kmnist_fa.learner import resume, train
-from kmnist_fa.runs import RunRecord
-from kmnist_fa.semi import teacher_names
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import OptionError, RunError
+from kmnist_fa.pipelines.teachers import teacher_names
+from kmnist_fa.pipelines.training import resume, train
+from kmnist_fa.runs.record import RunRecord
 
 from .test_training import Interrupt
 

@@ -12,12 +12,11 @@ from PIL import Image
 starlette = pytest.importorskip("starlette", reason="the demo extra is not installed (pip install -e '.[demo]')")
 from starlette.testclient import TestClient  # noqa: E402
 
-from kmnist_fa.ensemble import combine, member_probs  # noqa: E402
-from kmnist_fa.images import decode_image  # noqa: E402
-from kmnist_fa.inference import load_run  # noqa: E402
-from kmnist_fa.runs import reference_dir  # noqa: E402
-from kmnist_fa.serve import MAX_BYTES, Predictor, create_app  # noqa: E402
-
+from kmnist_fa.data.images import decode_image  # noqa: E402
+from kmnist_fa.infer.ensemble import combine, member_probs  # noqa: E402
+from kmnist_fa.infer.predict import load_run  # noqa: E402
+from kmnist_fa.infer.serve import MAX_BYTES, Predictor, create_app  # noqa: E402
+from kmnist_fa.runs.paths import reference_dir  # noqa: E402
 
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 
@@ -25,7 +24,7 @@ HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     """The shipped LeNet5, with class names as a hostile dataset's classmap could make them."""
-    from kmnist_fa.runs import RunRecord
+    from kmnist_fa.runs.record import RunRecord
 
     run = tmp_path_factory.mktemp("serve") / "lenet5"
     shutil.copytree(reference_dir() / "lenet5", run)

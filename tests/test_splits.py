@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from kmnist_fa.errors import OptionError
-from kmnist_fa.config import SplitSpec
-from kmnist_fa.splits import split_indices
+from kmnist_fa.config.options import SplitSpec
+from kmnist_fa.core.errors import OptionError
+from kmnist_fa.data.splits import split_indices
 
 LABELS = np.repeat(np.arange(10), 60)
 

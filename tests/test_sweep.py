@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kmnist_fa import sweep as sw
 from kmnist_fa.cli import app
-from kmnist_fa.errors import OptionError
-from kmnist_fa.config import TrainConfig
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import OptionError
+from kmnist_fa.pipelines import sweep as sw
 
 
 def _base(kmnist, **kw):
@@ -68,7 +68,7 @@ def test_sweep_runs_results_plot_and_resume(swept):
     lines = (root / "s1" / "results.csv").read_text().splitlines()
     assert lines[0].startswith("config,lr,folds_done") and len(lines) == 3
     recipe = sw.best_recipe(rows, base, root / "s1" / "best.toml")
-    from kmnist_fa.recipes import load_recipe
+    from kmnist_fa.config.recipes import load_recipe
 
     assert load_recipe(recipe)["lr"] == 3e-3
     again = sw.run_sweep(base, plan, root / "s1", jobs=1, threads=1)

@@ -3,10 +3,10 @@ import csv
 
 import pytest
 
-from kmnist_fa import tracking
-from kmnist_fa.config import TrainConfig
-from kmnist_fa.errors import OptionError
-from kmnist_fa.learner import resume, train
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import OptionError
+from kmnist_fa.pipelines.training import resume, train
+from kmnist_fa.train import tracking
 
 from .test_training import Interrupt
 

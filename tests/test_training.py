@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from kmnist_fa import runs
-from kmnist_fa.errors import OptionError, RunError
-from kmnist_fa.config import TrainConfig
-from kmnist_fa.learner import resume, train
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import OptionError, RunError
+from kmnist_fa.pipelines.training import resume, train
 
 try:
     from fastai.callback.core import Callback
@@ -183,9 +183,9 @@ def test_event_dispatch_matches_fastai(kmnist):
     including callbacks added or removed between fits and fastai's re-arming of `run` after a fit."""
     from fastai.learner import Learner
 
-    from kmnist_fa.data import make_dls
-    from kmnist_fa.learner import ToolkitLearner, build_learner
-    from kmnist_fa.config import SplitSpec
+    from kmnist_fa.config.options import SplitSpec
+    from kmnist_fa.data.pipeline import make_dls
+    from kmnist_fa.train.learner import ToolkitLearner, build_learner
 
     class Log(Callback):
         def __init__(self, tag, out, order=50):

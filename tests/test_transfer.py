@@ -3,12 +3,13 @@ import torch
 from fastai.callback.core import Callback
 from typer.testing import CliRunner
 
-from kmnist_fa.cli import app
-from kmnist_fa.errors import OptionError, RunError
-from kmnist_fa.config import TrainConfig
-from kmnist_fa.learner import train
 from kmnist_fa import runs
-from kmnist_fa.transfer import init_from, lineage
+from kmnist_fa.cli import app
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import OptionError, RunError
+from kmnist_fa.pipelines.training import train
+from kmnist_fa.runs.record import lineage
+from kmnist_fa.train.transfer import init_from
 
 from .conftest import write_synthetic
 
@@ -88,7 +89,7 @@ def test_arch_must_match(parent12):
 
 
 def test_fine_tune_resume_across_phases_equals_uninterrupted(parent12, kmnist, tmp_path):
-    from kmnist_fa.learner import resume
+    from kmnist_fa.pipelines.training import resume
 
     from .test_training import Interrupt
 
@@ -109,7 +110,7 @@ def test_progress_rows_count_epochs_across_phases(parent12, kmnist, tmp_path):
 
     from rich.console import Console
 
-    from kmnist_fa.progress import RichProgress
+    from kmnist_fa.train.progress import RichProgress
 
     buf = io.StringIO()
     cfg = TrainConfig.build(arch="lenet5", epochs=2, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path),
@@ -133,8 +134,9 @@ class LRLog(Callback):
 
 def test_fine_tune_schedule_equals_fastai_fine_tune(parent12, tmp_path):
     """Both phases, every batch, every parameter group: the LRs (and momenta) of fastai's own fine_tune."""
-    from kmnist_fa.datasets import load_dataset
-    from kmnist_fa.learner import build_learner, prepare
+    from kmnist_fa.data.datasets import load_dataset
+    from kmnist_fa.pipelines.training import prepare
+    from kmnist_fa.train.learner import build_learner
 
     data = load_dataset(data=str(parent12.path.parent.parent / "toy12"))
     cfg = TrainConfig.build(arch="lenet5", epochs=2, freeze_epochs=1, lr=4e-3, from_run=str(parent12.path),

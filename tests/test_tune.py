@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kmnist_fa import search
 from kmnist_fa.cli import app
-from kmnist_fa.config import TrainConfig
-from kmnist_fa.errors import OptionError
-from kmnist_fa.runs import RunRecord
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.core.errors import OptionError
+from kmnist_fa.pipelines import search
+from kmnist_fa.runs.record import RunRecord
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_tune_cli_outputs_resume_and_extend(kmnist, tmp_path):
         assert rec.config.extra["tune"] == {"study": "s", "trial": t["trial"], "params": {"lr": t["lr"], "aug": t["aug"]}}
         assert rec.best.accuracy == t["acc_mean"] == t["holdout"]
     best = max(res["trials"], key=lambda t: t["acc_mean"])
-    from kmnist_fa.recipes import load_recipe
+    from kmnist_fa.config.recipes import load_recipe
 
     assert load_recipe(tmp_path / "best.toml")["lr"] == best["lr"]
     lines = (tmp_path / "s" / "results.csv").read_text().splitlines()

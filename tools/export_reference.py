@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
-import warnings
 from pathlib import Path
 
-warnings.filterwarnings("ignore")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kmnist_fa.atomic import write_json  # noqa: E402
-from kmnist_fa.datasets import load_dataset  # noqa: E402
-from kmnist_fa.inference import load_run, predict_probs  # noqa: E402
-from kmnist_fa.runs import RunRecord, reference_dir  # noqa: E402
+from kmnist_fa.core.atomic import write_json
+from kmnist_fa.data.datasets import load_dataset
+from kmnist_fa.infer.predict import load_run, predict_probs
+from kmnist_fa.runs.paths import reference_dir
+from kmnist_fa.runs.record import RunRecord
 
 CHECK_N = 64
 

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def images_per_second(run, images, tta: bool, n: int, repeats: int) -> float:
-    from kmnist_fa.inference import predict_probs
+    from kmnist_fa.infer.predict import predict_probs
 
     predict_probs(run, images[:256], tta=tta, n=n)  # warm-up: oneDNN picks its kernels on first use
     times = []
@@ -39,7 +35,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
 
-    from kmnist_fa.inference import load_run, run_data
+    from kmnist_fa.infer.predict import load_run, run_data
 
     torch.set_num_threads(args.threads)
     rows = []

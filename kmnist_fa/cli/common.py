@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import warnings
 from typing import Optional
 
 import typer
@@ -14,10 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from ..config import OPTIONS, TTA_N
-from ..errors import KmnistError
+from ..config.options import OPTIONS, TTA_N
+from ..core.errors import KmnistError
 
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes image files; never open a window
 
 # One rule for terminal output: nothing printed is ever parsed as Rich markup. Paths, run
@@ -44,29 +42,6 @@ def show(table: Table) -> None:
 
 
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar (there is none when output is not a terminal).")
-
-
-@contextlib.contextmanager
-def inference_progress(members, quiet: bool, total: int | None = None):
-    """A bar over the images the runs predict (each TTA pass counts), on a terminal and unless quiet."""
-    if quiet or not err.is_terminal:
-        yield
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..progress import ImagesSeen
-
-    with Progress(TextColumn("predicting images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as prog:
-        task = prog.add_task("predict", total=total)
-        cbs = [ImagesSeen(lambda n: prog.advance(task, n)) for _ in members]
-        for m, cb in zip(members, cbs):
-            m.learn.add_cb(cb)
-        try:
-            yield
-        finally:
-            for m, cb in zip(members, cbs):
-                m.learn.remove_cb(cb)
 
 
 def note(label: str, style: str, text: str) -> Text:
@@ -153,7 +128,7 @@ def training_options(fn):
     """
     import inspect
 
-    from ..config import OPTIONS
+    from ..config.options import OPTIONS
 
     opts = {"recipe": (Optional[str], typer.Option(None, "--recipe", help="Named recipe (`kmnist-fa recipes`) or a "
                                                    ".toml file; default: default-ARCH. Options below override it."))}

@@ -15,8 +15,8 @@ from .common import DataOpt, JsonOpt, data_app, err, friendly, out, print_json, 
 def data_info(name: Optional[str] = typer.Argument(None, help="Named dataset (default kmnist, or the --data folder)."),
               data: Optional[Path] = DataOpt, as_json: bool = JsonOpt):
     """Files, counts, per-class counts, MD5 status and pixel statistics."""
-    from ..data import image_stats
-    from ..datasets import load_dataset
+    from ..data.datasets import load_dataset
+    from ..data.pipeline import image_stats
 
     d = load_dataset(name, data)
     if as_json:
@@ -57,9 +57,15 @@ def data_download(name: str = typer.Argument("kmnist", help="kmnist, fashion, mn
                   mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL to fetch from instead of "
                                                        "the official mirrors.")):
     """Download a named dataset with MD5 checks; resumes partial files, writes atomically."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
 
-    from ..datasets import download
+    from ..data.datasets import download
 
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err) as prog:
@@ -85,10 +91,10 @@ def data_show(name: Optional[str] = typer.Argument(None, help="Named dataset (de
     """Save a grid of training images as the model sees them, to check an augmentation preset."""
     from fastai.torch_core import set_seed
 
-    from ..data import make_dls, sample_batch
-    from ..datasets import load_dataset
-    from ..plots import class_labels, image_grid, save_fig
-    from ..config import SplitSpec
+    from ..config.options import SplitSpec
+    from ..core.plots import class_labels, image_grid, save_fig
+    from ..data.datasets import load_dataset
+    from ..data.pipeline import make_dls, sample_batch
 
     set_seed(seed)
     d = load_dataset(name, data)

@@ -9,9 +9,21 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import OptionError
-from ..recipes import resolve_config
-from .common import JsonOpt, ModelsDirOpt, TrackOpt, app, err, friendly, interrupt_note, out, print_json, show, training_options
+from ..config.recipes import resolve_config
+from ..core.errors import OptionError
+from .common import (
+    JsonOpt,
+    ModelsDirOpt,
+    TrackOpt,
+    app,
+    err,
+    friendly,
+    interrupt_note,
+    out,
+    print_json,
+    show,
+    training_options,
+)
 
 FoldsOpt = typer.Option(None, "--folds", help="With --n-folds: which folds, e.g. 0,1 or all (default all).")
 JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes on this machine (one GPU each when "
@@ -44,10 +56,17 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
               save_recipe: Optional[Path] = SaveRecipeOpt, track: list[str] = TrackOpt,
               as_json: bool = JsonOpt, models_dir: Optional[Path] = ModelsDirOpt, **opts):
     """Line or grid search over k folds; resumable; results table, CSV, plot and best recipe."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    from .. import sweep as sw
-    from ..runs import check_name, models_dir as mdir
+    from ..pipelines import sweep as sw
+    from ..runs.paths import check_name
+    from ..runs.paths import models_dir as mdir
 
     if opts.get("fold") is not None or opts.get("full"):
         raise OptionError("sweep: use --n-folds with --folds (or the holdout), not --fold/--full")
@@ -56,8 +75,8 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         opts["fold"] = 0  # a valid placeholder for the base config; each job sets its own fold
     cfg, recipe = resolve_config(arch, opts.pop("recipe"), opts)
     sweep_name = check_name(name or f"{cfg.arch}-sweep")
-    from ..datasets import load_dataset
-    from ..tracking import check_trackers
+    from ..data.datasets import load_dataset
+    from ..train.tracking import check_trackers
 
     track = check_trackers(track)
     load_dataset(cfg.data.dataset, cfg.data.data)  # bad data is one line now, not a failure in every member
@@ -88,7 +107,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     plot_path = sw.write_results(root, rows, params, cfg)
     best = sw.best_recipe(rows, cfg, root / "best.toml")
     if best and save_recipe:
-        from ..atomic import write_text
+        from ..core.atomic import write_text
 
         write_text(save_recipe, best.read_text())
     if as_json:
@@ -140,8 +159,9 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
     """
     from rich.live import Live
 
-    from .. import search
-    from ..runs import check_name, models_dir as mdir
+    from ..pipelines import search
+    from ..runs.paths import check_name
+    from ..runs.paths import models_dir as mdir
 
     if opts.get("fold") is not None or opts.get("full"):
         raise OptionError("tune: use --n-folds with --folds (or the holdout), not --fold/--full")
@@ -152,7 +172,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
         opts["fold"] = 0  # a valid placeholder for the base config; each trial sets its own folds
     cfg, recipe = resolve_config(arch, opts.pop("recipe"), opts)
     name = check_name(study or f"{cfg.arch}-tune", "--study")
-    from ..datasets import load_dataset
+    from ..data.datasets import load_dataset
 
     load_dataset(cfg.data.dataset, cfg.data.data)  # bad data is one line now, not a failure in every trial
     root = mdir(models_dir) / name
@@ -164,7 +184,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
                   "folds": search.fold_list(cfg.split.n_folds, folds)})
     if pruner != "none":
         search.pruning_available()
-    from ..tracking import check_trackers, parent_run
+    from ..train.tracking import check_trackers, parent_run
 
     spec.track = check_trackers(track)
     st = search.open_study(spec)  # storage, identity and sampler checked before any worker starts
@@ -192,7 +212,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
             t.join()
     written = search.write_outputs(st, spec)
     if "best" in written and save_recipe:
-        from ..atomic import write_text
+        from ..core.atomic import write_text
 
         write_text(save_recipe, written["best"].read_text())
     rows = search.trial_rows(st, spec)
@@ -213,7 +233,7 @@ def _states(rows: list[dict]) -> str:
 
 def _trials_table(st, spec, rows: list[dict] | None = None, title: str | None = None, last: int | None = None):
     """Trials with their parameters, fold accuracies and state; the live view shows the latest 15."""
-    from .. import search
+    from ..pipelines import search
 
     rows = rows if rows is not None else search.trial_rows(st, spec)[-15:]
     folds = [search.fold_column(f) for f in spec.folds]

@@ -7,15 +7,27 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..errors import OptionError
-from ..recipes import resolve_config
-from .common import JsonOpt, ModelsDirOpt, TrackOpt, app, err, friendly, interrupt_note, out, print_json, show, training_options
+from ..config.recipes import resolve_config
+from ..core.errors import OptionError
+from .common import (
+    JsonOpt,
+    ModelsDirOpt,
+    TrackOpt,
+    app,
+    err,
+    friendly,
+    interrupt_note,
+    out,
+    print_json,
+    show,
+    training_options,
+)
 
 
 @app.command("archs")
 def archs(as_json: bool = JsonOpt):
     """List the registered architectures with their parameter counts."""
-    from ..models import ARCHS, n_params
+    from ..models.registry import ARCHS, n_params
 
     if as_json:
         print_json([{"name": a.name, "params": n_params(a.build()), "default_bn": a.default_bn,
@@ -46,14 +58,14 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
 
     Ctrl-C stops after saying how to continue; a killed run loses at most the epoch in progress.
     """
-    from ..runs import check_name, default_name
+    from ..runs.paths import check_name, default_name
 
     log = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False))
     if resume:
         if arch is not None:
             raise OptionError("--resume uses the run's saved options: give no ARCH")
-        from ..learner import resume as resume_run
-        from ..tracking import callbacks
+        from ..pipelines.training import resume as resume_run
+        from ..train.tracking import callbacks
 
         cbs = callbacks(track)
         with interrupt_note(f"kmnist-fa train --resume {resume}"):
@@ -63,14 +75,14 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
             raise OptionError("ARCH is required (see `kmnist-fa archs`), or --recipe NAME, or --resume NAME")
         cfg, _ = resolve_config(arch, opts.pop("recipe"), opts)  # every option is checked before torch loads
         name = check_name(name or default_name(cfg.arch))
-        from ..learner import train
-        from ..tracking import callbacks
+        from ..pipelines.training import train
+        from ..train.tracking import callbacks
 
         cbs = callbacks(track)  # trackers checked before training starts
         resume_cmd = f"kmnist-fa train --resume {name}" + (f" --models-dir {models_dir}" if models_dir else "")
         with interrupt_note(resume_cmd):
             res = train(cfg, name, models_dir, quiet=quiet, progress=_progress(quiet), log=log, cbs=cbs)
-    from ..distributed import is_writer
+    from ..train.ddp import is_writer
 
     if not is_writer():  # data-parallel peers: rank 0 reports
         return
@@ -83,7 +95,7 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
 
 
 def _progress(quiet: bool):
-    from ..progress import RichProgress
+    from ..train.progress import RichProgress
 
     return None if quiet else RichProgress(err)
 
@@ -91,7 +103,7 @@ def _progress(quiet: bool):
 @app.command("recipes")
 def recipes_cmd(as_json: bool = JsonOpt):
     """List training recipes: the report's table rows and each architecture's default."""
-    from ..recipes import list_recipes
+    from ..config.recipes import list_recipes
 
     if as_json:
         print_json([{"name": name, **r} for name, r in list_recipes().items()])
@@ -113,13 +125,14 @@ def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (s
                 out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Where to write the plot (PNG)."),
                 **opts):
     """Run fastai's lr_find; print the valley/slide/minimum/steep suggestions and save the plot."""
-    from ..learner import build_learner, prepare, suggest_lrs
-    from ..progress import RichProgress
+    from fastai.torch_core import num_distrib
 
-    from ..distributed import world
+    from ..pipelines.training import prepare
+    from ..train.learner import build_learner, suggest_lrs
+    from ..train.progress import RichProgress
 
     cfg, _ = resolve_config(arch, opts.pop("recipe"), opts)
-    if world()[1] > 1:
+    if num_distrib() > 1:
         raise OptionError("lr-find runs in one process: start it without torchrun / accelerate launch")
     _, dls = prepare(cfg)
     learn = build_learner(dls, cfg, progress=RichProgress(err))

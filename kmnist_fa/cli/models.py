@@ -1,0 +1,103 @@
+"""`kmnist-fa models [show]`: saved runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from .common import JsonOpt, ModelsDirOpt, friendly, models_app, print_json, show
+
+
+@models_app.callback()
+@friendly
+def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
+                as_json: bool = JsonOpt):
+    """List saved runs, then the reference runs shipped with kmnist-fa (`reference/NAME`): name, arch,
+    epochs, valid accuracy, status, date. A run whose run.json does not load is listed as unreadable."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = models_dir
+        return
+    from ..runs.paths import REFERENCE_PREFIX, reference_runs
+    from ..runs.paths import models_dir as mdir
+    from ..runs.record import RunRecord
+    from ..runs.store import Unreadable, list_runs
+
+    base = mdir(models_dir)
+    rows = list_runs(models_dir) + [RunRecord.read(p) for p in reference_runs()]
+
+    def is_ref(r) -> bool:
+        return r.path.parent == reference_runs()[0].parent
+
+    def address(r) -> str:  # what `models show`, `predict -m` ... accept
+        return REFERENCE_PREFIX + r.path.name if is_ref(r) else str(r.path.relative_to(base))
+
+    if as_json:
+        print_json([
+            {"name": address(r), "path": str(r.path), "status": "unreadable", "error": r.reason}
+            if isinstance(r, Unreadable) else
+            {"name": address(r), "path": str(r.path), "arch": r.arch, "status": r.status, "epochs_done": r.epochs_done,
+             "total_epochs": r.total_epochs, "best": vars(r.best) if r.best else None, "created": r.created,
+             "reference": is_ref(r)}
+            for r in rows])
+        return
+    t = Table(title=f"runs in {mdir(models_dir)}")
+    for c in ("name", "arch", "epochs", "valid acc", "split", "status", "created"):
+        t.add_column(c, justify="right" if c in ("epochs", "valid acc") else "left")
+    for r in rows:
+        if isinstance(r, Unreadable):
+            t.add_row(address(r), "", "", "", "", Text(f"unreadable: {r.reason}", style="red"), "")
+            continue
+        acc = r.best.accuracy if r.best else None
+        t.add_row(address(r), r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
+                  r.split_kind, "reference" if is_ref(r) else r.status, r.created[:16].replace("T", " "))
+    show(t)
+
+
+@models_app.command("show")
+@friendly
+def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run name or folder."),
+                as_json: bool = typer.Option(False, "--json", help="Print run.json (in the current format).")):
+    """One run's options, data, split and metrics."""
+    from ..runs.paths import run_path
+    from ..runs.record import RunRecord, lineage
+
+    rec = RunRecord.read(run_path(name, ctx.obj))
+    if as_json:
+        print_json(rec.to_json())
+        return
+    t = Table(title=f"run {rec.name}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    b, s = rec.best, rec.config.split
+    rows = [
+        ("arch", f"{rec.arch} ({rec.n_params:,} parameters)"),
+        ("status", f"{rec.status}, {rec.epochs_done}/{rec.total_epochs} epochs, {rec.wall_time_s:.0f}s on {rec.device}"),
+        ("data", f"{rec.data.name} ({rec.data.root})"),
+        ("split", f"{s.kind}: {rec.split.n_train:,} train / {rec.split.n_valid:,} valid, seed {s.seed}"),
+        ("lr", f"{rec.lr:.3g} ({rec.lr_source})"),
+        ("best", "-" if b is None else f"epoch {b.epoch + 1}: accuracy "
+                 f"{'-' if b.accuracy is None else round(b.accuracy, 4)}, valid loss {b.valid_loss}"),
+        ("normalisation", f"mean {rec.norm.mean:.4f}, std {rec.norm.std:.4f}"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in rec.versions.items())),
+    ]
+    p = rec.extra.get("pseudo")  # untrusted like all of run.json: shown as bounded text
+    if isinstance(p, dict):
+        teachers = p.get("teachers")
+        names = ", ".join(map(str, teachers)) if isinstance(teachers, list) else str(teachers)
+        rows.append(("self-training", f"{str(p.get('images'))[:12]} pseudo-labelled test images from "
+                                      f"{names[:200]} (p >= {str(p.get('threshold'))[:12]})"))
+    d = rec.extra.get("distill")
+    if isinstance(d, dict):
+        teachers = d.get("teachers")
+        names = ", ".join(str(t.get("name")) if isinstance(t, dict) else str(t) for t in teachers) \
+            if isinstance(teachers, list) else str(teachers)
+        rows.append(("distillation", f"soft targets of {names[:200]} (weight {str(d.get('weight'))[:12]}, "
+                                     f"temperature {str(d.get('temp'))[:12]})"))
+    rows += [("lineage", " <- ".join([rec.name, *lineage(rec)]))] if rec.parent else []
+    rows += [(f"option {k}", str(v)) for k, v in rec.config.flat().items()]
+    for k, v in rows:
+        t.add_row(k, v)
+    show(t)

@@ -1,0 +1,39 @@
+"""`kmnist-fa serve`: the web demo."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..config.options import TTA_N
+from ..core.errors import OptionError
+from .common import CpuOpt, MethodOpt, ModelsDirOpt, TtaNOpt, TtaOpt, app, err, friendly, note
+from .predict import load_members
+
+
+@app.command("serve")
+@friendly
+def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...]", help="Runs to serve "
+                                                          "(default: the shipped reference model)."),
+              host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default)."),
+              port: int = typer.Option(7860, "--port", min=1, max=65535, help="TCP port."),
+              tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: str = MethodOpt,
+              models_dir: Optional[Path] = ModelsDirOpt,
+              cpu: bool = CpuOpt):
+    """Web demo: draw a character (or upload an image) and watch the top-3 guesses. Needs the demo extra."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise OptionError('serve needs the demo extra: pip install -e ".[demo]"') from None
+    from ..infer.serve import Predictor, create_app
+
+    members, defaults = load_members(model, models_dir, cpu)
+    predictor = Predictor(members, tta if tta is not None else defaults["tta"], tta_n or defaults.get("tta_n", TTA_N),
+                          method)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(note("warning:", "yellow", f"--host {host}: the demo is reachable from other machines on the "
+                       "network, with no authentication"), highlight=False, soft_wrap=True)
+    err.print(f"serving {', '.join(m.name for m in members)} on http://{host}:{port}/ (Ctrl-C stops)",
+              highlight=False)
+    uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning")

@@ -1,0 +1,3 @@
+"""Data: datasets on disk and their downloads (`datasets`), splits, the fastai DataBlock pipeline
+(`pipeline`), and input images for prediction (`images`).
+"""

@@ -1,0 +1,154 @@
+"""Runs loaded back from disk, and their predictions with and without TTA.
+
+`load_run` needs only run.json + model.pth: the architecture, classes and
+normalisation come from run.json, so a run predicts on a machine that never saw its
+training data. Predictions go through fastai's `get_preds` and `tta` on this
+project's `ArrayDL`, built from the run's own transforms (`array_dl`) rather than
+`dls.test_dl`, which is what makes TTA work the same for fresh and loaded runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.callback.progress import ProgressCallback
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy, error_rate
+from fastai.torch_core import no_random
+from fastcore.basics import noop
+
+from .. import runs
+from ..config.options import TTA_BETA, TTA_N, SplitSpec
+from ..core.errors import DataError, OptionError, RunError
+from ..data.datasets import MnistData, load_dataset
+from ..data.pipeline import array_dl, default_device, inference_dls
+from ..data.splits import split_indices
+from ..models.archs import splitter
+from ..models.registry import create_model, n_params
+from ..runs.record import RunRecord
+from ..train.learner import SCRATCH_DIR, ToolkitLearner
+
+TTA_SEED = 42  # TTA's random augmentations are drawn from this seed: same inputs, same predictions
+
+
+@dataclass
+class LoadedRun:
+    name: str
+    path: Path
+    record: RunRecord
+    learn: Learner
+    tta_beta: float = TTA_BETA  # TTA's clean-pass weight (reference/default.json may set its own, chosen by CV)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.record.classes
+
+    @property
+    def chars(self) -> list[str] | None:
+        return self.record.chars
+
+    def split(self) -> SplitSpec:
+        return self.record.config.split
+
+
+def load_run(name_or_path: str | Path, root: str | Path | None = None, device=None, cpu: bool = False,
+             tta_aug: str | None = None, tta_beta: float | None = None) -> LoadedRun:
+    """Rebuild a run's Learner for inference from run.json + model.pth alone.
+
+    `tta_aug` is the augmentation TTA replays; default: the run's training preset
+    (`light` for a run trained without augmentation). `tta_beta` is the clean pass's
+    weight in TTA (default fastai's 0.25).
+    """
+    if tta_beta is not None and not 0 <= tta_beta <= 1:
+        raise OptionError(f"TTA clean-pass weight must be in [0, 1], got {tta_beta!r}")
+    path = runs.run_path(name_or_path, root)
+    rec = RunRecord.read(path)
+    m = rec.config.model
+    model = create_model(m.arch, len(rec.classes), m.bn, m.dropout)
+    if n_params(model) != rec.n_params:
+        raise RunError(f"{path / runs.RUN_FILE}: records {rec.n_params:,} parameters but {m.arch} "
+                       f"builds {n_params(model):,}; the architecture changed since this run was saved")
+    state = _hub_state(path) if runs.is_hub_folder(path) else runs.load_state(path / runs.MODEL_FILE)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise RunError(f"{path / runs.MODEL_FILE}: does not fit {m.arch} ({str(e).splitlines()[0][:160]})") from None
+    aug = tta_aug or rec.config.reg.aug
+    dls = inference_dls(rec.classes, rec.norm.mean, rec.norm.std, device or default_device(cpu),
+                        aug="light" if aug == "none" else aug)
+    learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[accuracy, error_rate], splitter=splitter,
+                           path=path, model_dir=SCRATCH_DIR)
+    learn.remove_cb(ProgressCallback)
+    learn.logger = noop
+    return LoadedRun(rec.name, path, rec, learn, TTA_BETA if tta_beta is None else float(tta_beta))
+
+
+def _hub_state(path: Path) -> dict:
+    """The state_dict of an exported hub folder (safetensors: tensors only, never code)."""
+    f = path / runs.HUB_WEIGHTS
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise RunError(f'{f}: reading it needs safetensors: pip install "kmnist-fa[export]"') from None
+    try:
+        return load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise RunError(f"{f}: corrupt safetensors file ({type(e).__name__})") from None
+
+
+def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int = TTA_N,
+                  labels: np.ndarray | None = None, seed: int = TTA_SEED) -> torch.Tensor:
+    """Class probabilities (N x C, rows sum to 1) for uint8 images, optionally with TTA.
+
+    TTA is fastai's `Learner.tta`: `n` passes with the run's training augmentation,
+    averaged, then blended with the clean pass (clean weight `run.tta_beta`); the passes'
+    random augmentations come from `seed`, so repeating a prediction repeats its result.
+    """
+    if len(images) == 0:
+        return torch.zeros(0, len(run.classes))
+    return tta_parts(run, images, n, labels, seed)[2] if tta else _plain(run, images, labels)
+
+
+def _plain(run: LoadedRun, images: np.ndarray, labels=None) -> torch.Tensor:
+    dl = array_dl(run.learn.dls, images, labels)
+    probs, _ = run.learn.get_preds(dl=dl)
+    return probs.float().cpu()
+
+
+def tta_parts(run: LoadedRun, images: np.ndarray, n: int = TTA_N, labels=None, seed: int = TTA_SEED):
+    """(clean probs, mean of augmented-pass probs, blended probs)."""
+    if n < 1:
+        raise DataError(f"--tta-n must be at least 1, got {n}")
+    dl = array_dl(run.learn.dls, images, labels)
+    with no_random(seed, reproducible=False):  # the caller's random streams are put back after
+        (aug, clean), _ = run.learn.tta(dl=dl, n=n, beta=None)
+    aug, clean = aug.float().cpu(), clean.float().cpu()
+    return clean, aug, torch.lerp(aug, clean, run.tta_beta)
+
+
+def run_data(run: LoadedRun, data: str | Path | None = None, dataset: str | None = None) -> MnistData:
+    """The dataset a run was trained on (or the one asked for)."""
+    if data is None and dataset is None:
+        d = run.record.data
+        if d.named:
+            dataset = d.name
+        data = d.root
+    return load_dataset(dataset, data)
+
+
+def validation_set(run: LoadedRun, data: MnistData) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The run's own validation images and labels, with warnings when they cannot be trusted."""
+    notes = []
+    if data.fingerprint != run.record.data.fingerprint:
+        notes.append(f"{run.name}: trained on other data ({run.record.data.name}); "
+                     f"its 'validation' split of {data.name} may include its training images")
+    split = run.split()
+    if split.full:
+        notes.append(f"{run.name}: trained with --full; it has no validation split, every labelled image was "
+                     "a training image")
+        return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), notes
+    _, valid = split_indices(data.train_y, split)
+    return data.train_x[valid], data.train_y[valid], notes

@@ -1,0 +1,1 @@
+"""Models: the architecture registry (`registry`, torch-free) and the built-in architectures (`archs`)."""

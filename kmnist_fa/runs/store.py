@@ -1,0 +1,66 @@
+"""Runs as a collection: listing a models folder, and holding one run folder for writing."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import KmnistError, RunError
+from .paths import RUN_FILE, models_dir
+from .record import RunRecord
+
+
+@dataclass
+class Unreadable:
+    """A folder with a run.json that does not load; listings show it and go on."""
+
+    name: str
+    path: Path
+    reason: str
+
+
+def list_runs(root: str | Path | None = None) -> list[RunRecord | Unreadable]:
+    """Every run under the models dir, sorted by folder; one bad run.json never hides the others."""
+    base = models_dir(root)
+    out: list[RunRecord | Unreadable] = []
+    for p in sorted(base.glob(f"**/{RUN_FILE}")):
+        try:
+            out.append(RunRecord.read(p.parent))
+        except KmnistError as e:
+            out.append(Unreadable(p.parent.name, p.parent, str(e)))
+    return out
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold a run folder for writing: a second trainer of the same run is refused, not interleaved.
+
+    An advisory `flock` on the folder itself, so no lock file is left behind and a
+    killed holder releases it with its process. Where `fcntl` does not exist
+    (Windows) runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{path}: another process is training this run; wait for it or stop it first") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def remove_leftovers(path: Path) -> list[str]:
+    """Delete temp files of writes that a kill interrupted (call only while holding `run_lock`)."""
+    gone = []
+    for p in path.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        gone.append(p.name)
+    return gone

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import resource
 import statistics
 import subprocess
@@ -109,16 +110,16 @@ def plain_light_aug(xb):
 
 def train_toolkit(arch: str, folder: str, n_batches: int, device: str, aug: str = "light", off: str = "") -> dict:
     """`n_batches` training batches through kmnist-fa's DataLoaders and Learner; `off` switches patches of
-    private fastai/torch behaviour (see `compat`) back to stock fastai: `dispatch`, `untyped`."""
+    private fastai/torch behaviour (see `kmnist_fa.core.speedups`) back to stock fastai: `dispatch`, `untyped`."""
     import contextlib
 
     from fastai.callback.core import Callback
 
-    from kmnist_fa.core import speedups as compat
+    from kmnist_fa.core import speedups
     from kmnist_fa.data import pipeline as kdata
 
     if "dispatch" in off.split(","):  # every callback sees every event, as in fastai's Learner
-        compat.PER_BATCH_EVENTS = ()
+        speedups.PER_BATCH_EVENTS = ()
     if "untyped" in off.split(","):  # batch transforms with tensor-subclass dispatch on
         kdata.no_subclass_dispatch = contextlib.nullcontext
 
@@ -324,7 +325,8 @@ MEASURES = {"train": train_toolkit, "train-plain": train_plain, "data": data_too
             "infer": infer_toolkit, "infer-plain": infer_plain, "onnx": infer_onnx}
 
 
-def one(args) -> None:
+def measure(args) -> dict:
+    """One measurement, in a process of its own (see `run_one`): its result and the process's peak RSS."""
     warnings.filterwarnings("ignore")
     if args.kind == "onnx":  # the deployment being measured has no torch: neither does this process
         sys.modules["torch"] = None
@@ -341,11 +343,29 @@ def one(args) -> None:
         res = f(args.what, args.folder, args.limit, args.data_batches, args.device)
     else:
         res = f(args.what, args.folder, args.limit, args.device)
-    print(json.dumps({**res, "rss_mb": _rss_mb()}))
+    return {**res, "rss_mb": _rss_mb()}
+
+
+# --smoke: measurements (but the torch-free ONNX ones) fork from a server that imported torch and the toolkit
+# once, instead of paying ~5 s of imports each; a smoke run's numbers are not measurements anyway
+SMOKE_SERVER = None
+
+
+def _forked_measure(argv: list[str], conn) -> None:
+    conn.send(measure(parser().parse_args(["--one", *argv])))
 
 
 def run_one(*argv) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", *map(str, argv)], capture_output=True, text=True)
+    argv = [str(a) for a in argv]
+    if SMOKE_SERVER is not None and argv[0] != "onnx":
+        recv, send = SMOKE_SERVER.Pipe(duplex=False)
+        proc = SMOKE_SERVER.Process(target=_forked_measure, args=(argv, send))
+        proc.start()
+        proc.join()
+        if proc.exitcode == 0 and recv.poll():
+            return recv.recv()
+        raise SystemExit(f"measurement {argv} failed (exit code {proc.exitcode})")
+    out = subprocess.run([sys.executable, __file__, "--one", *argv], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"measurement {argv} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -387,7 +407,7 @@ def row(label: str, a: dict, b: dict | None) -> str:
     return f"| {label} | {_cell(a)} | {_cell(b)} | {ratio} |{epoch} {a['rss']:.0f} | {rss} |"
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("kind", nargs="?", help=argparse.SUPPRESS)
@@ -413,14 +433,21 @@ def main(argv=None):
                     "export extra)")
     ap.add_argument("--smoke", action="store_true",
                     help="seconds, what CI runs: one dataset, lenet5, 5/20 batches, 1 repeat, 128 images, the two "
-                    "processes of a pair side by side")
-    args = ap.parse_args(argv)
+                    "processes of a pair side by side, forked from one that imported torch and the toolkit once")
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.one:
-        return one(args)
+        print(json.dumps(measure(args)))
+        return
     if args.smoke:
-        global CONCURRENT
+        global CONCURRENT, SMOKE_SERVER
         args.archs, args.batches, args.data_batches, args.repeats, args.limit = "lenet5", 5, 20, 1, 128
         CONCURRENT = True
+        SMOKE_SERVER = multiprocessing.get_context("forkserver")
+        SMOKE_SERVER.set_forkserver_preload(["torch", "kmnist_fa.pipelines.training", "kmnist_fa.infer.predict"])
     DATASETS["kmnist-10k"], DATASETS["fashion-60k"] = args.kmnist, args.fashion
     sets = {k: v for k, v in DATASETS.items() if v.exists() and k in args.datasets.split(",")}
     if args.smoke:
@@ -452,7 +479,7 @@ def main(argv=None):
                               ("train-plain", arch, folder, "--batches", args.batches, *common))
                 print(row(f"{name} / {arch}", a, b), flush=True)
     if "patches" in tables:
-        print(f"\nPrivate-API patches (kmnist_fa/compat.py), each switched back to stock fastai, training each "
+        print(f"\nPrivate-API patches (kmnist_fa/core/speedups.py), each switched back to stock fastai, training each "
               f"default recipe's architecture with its `heavy` preset ({args.batches} batches)\n\n"
               "| dataset / arch | all patches img/s | patch off | patch off img/s | time with patch / without |"
               "\n|---|---:|---|---:|---:|")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU measurements for the README's "Scaling out" table, as one short script for a lent GPU
+# GPU measurements for the "Scaling out" table (docs/scaling-out.md), as one short script for a lent GPU
 # (written without one; first run it there): fp32 against bf16 for the AlexNets, and the per-epoch time of AlexNet7 on Fashion-MNIST 60k (x 200 for the
 # `train alexnet7 --epochs 200` equivalent). Each row is a real `kmnist-fa train` run of
 # a few epochs; wall time per epoch is read back from its run.json.

@@ -21,7 +21,7 @@ def main():
     if "--resume" in sys.argv:
         res = resume(name, root=root, quiet=True)
     else:
-        cfg = TrainConfig.build(arch="lenet5", epochs=int(epochs), lr=3e-3, aug="none", data=data)
+        cfg = TrainConfig.build(arch="lenet5", epochs=int(epochs), lr=1e-2, bs=16, aug="none", data=data)
         res = train(cfg, name=name, root=root, quiet=True)
     state = {k: v.detach().cpu() for k, v in res.learn.model.state_dict().items()}
     torch.save(state, Path(dump) / f"rank{os.environ['RANK']}.pth")

@@ -1,19 +1,18 @@
 """--ema: the weight average is what gets validated and saved, and a resume continues it exactly."""
+from functools import partial
+
 import pytest
 import torch
 
 from kmnist_fa import runs
-from kmnist_fa.config.options import TrainConfig
 from kmnist_fa.core.errors import RunError
 from kmnist_fa.infer.predict import load_run, predict_probs, validation_set
 from kmnist_fa.pipelines.training import resume, train
 from kmnist_fa.train.checkpoint import load_checkpoint
-from tests.test_training import Interrupt
 
+from .conftest import Interrupt, lenet_cfg
 
-def _cfg(kmnist, **kw):
-    return TrainConfig.build(**{**dict(arch="lenet5", epochs=2, lr=3e-3, data=str(kmnist.root), aug="light",
-                                       ema=0.9), **kw})
+_cfg = partial(lenet_cfg, ema=0.9)
 
 
 def test_ema_is_validated_saved_and_resumed_exactly(kmnist, tmp_path):

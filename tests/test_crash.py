@@ -5,21 +5,22 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 from fastai.callback.core import Callback
 
 from kmnist_fa import runs
-from kmnist_fa.config.options import TrainConfig
 from kmnist_fa.core.errors import RunError
 from kmnist_fa.pipelines.training import resume, train
 
-from .conftest import write_synthetic
+from .conftest import lenet_cfg, write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_kill_at_every_write_then_resume_equals_uninterrupted(kmnist_dir, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_harness.py"), "--data", str(kmnist_dir),
                         "--work", str(tmp_path)], capture_output=True, text=True, timeout=600)
@@ -38,6 +39,8 @@ def test_kill_at_every_write_then_resume_equals_uninterrupted(kmnist_dir, tmp_pa
     assert not bad, bad
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     data = write_synthetic(tmp_path / "toy", n_train=1000)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
@@ -66,8 +69,7 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
     assert rec.status == "running" and 1 <= rec.epochs_done < 200 and ckpt.exists()
 
 
-def _cfg(kmnist, **kw):
-    return TrainConfig.build(**{**dict(arch="lenet5", epochs=1, lr=3e-3, data=str(kmnist.root)), **kw})
+_cfg = partial(lenet_cfg, epochs=1)
 
 
 def test_second_trainer_of_a_run_is_refused(kmnist, tmp_path):

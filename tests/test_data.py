@@ -16,7 +16,7 @@ def test_batches_are_normalised_typed_and_sized(dls):
     xb, yb = dls.one_batch()
     assert xb.shape == (64, 1, 28, 28) and xb.dtype == torch.float32
     assert type(xb).__name__ == "TensorImageBW" and type(yb).__name__ == "TensorCategory"
-    assert len(dls.train.dataset) == 5400 and len(dls.valid.dataset) == 600
+    assert len(dls.train.dataset) == 1080 and len(dls.valid.dataset) == 120
     assert list(dls.vocab) == ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
 
 
@@ -156,22 +156,22 @@ def test_image_stats_exact_and_chunked(kmnist):
 def test_split_and_batch_size_that_would_train_nonsense(kmnist):
     with pytest.raises(OptionError, match="--valid-pct 0.0001 leaves no validation images"):
         make_dls(kmnist, SplitSpec(valid_pct=0.0001), bs=64, device="cpu")
-    with pytest.raises(OptionError, match="--bs 10000 is larger than the 5,400 training images"):
+    with pytest.raises(OptionError, match="--bs 10000 is larger than the 1,080 training images"):
         make_dls(kmnist, SplitSpec(), bs=10000, device="cpu")
 
 
-def test_compat_fallbacks(monkeypatch):
+def test_speedup_fallbacks(monkeypatch):
     """Private names live in kmnist_fa.core.speedups only; without them the public path is taken."""
     import contextlib
 
     from fastai.callback.core import _inner_loop
 
-    from kmnist_fa.core import speedups as compat
+    from kmnist_fa.core import speedups
 
-    assert compat.PER_BATCH_EVENTS == compat.FALLBACK_EVENTS == tuple(_inner_loop)  # the fallback mirrors fastai
-    assert type(compat.no_subclass_dispatch()).__name__ == "DisableTorchFunctionSubclass"
+    assert speedups.PER_BATCH_EVENTS == speedups.FALLBACK_EVENTS == tuple(_inner_loop)  # the fallback mirrors fastai
+    assert type(speedups.no_subclass_dispatch()).__name__ == "DisableTorchFunctionSubclass"
     monkeypatch.delattr(torch._C, "DisableTorchFunctionSubclass")
-    assert isinstance(compat.no_subclass_dispatch(), contextlib.nullcontext)
+    assert isinstance(speedups.no_subclass_dispatch(), contextlib.nullcontext)
 
 
 def test_training_without_the_private_patches_is_identical(synth, tmp_path, monkeypatch):
@@ -180,13 +180,13 @@ def test_training_without_the_private_patches_is_identical(synth, tmp_path, monk
     import contextlib
 
     from kmnist_fa.config.options import TrainConfig
-    from kmnist_fa.core import speedups as compat
+    from kmnist_fa.core import speedups
     from kmnist_fa.data import pipeline as kdata
     from kmnist_fa.pipelines.training import train
 
     cfg = TrainConfig.build(arch="lenet5", epochs=2, lr=3e-3, bs=32, aug="heavy", data=str(synth))
     a = train(cfg, name="patched", root=tmp_path, quiet=True)
-    monkeypatch.setattr(compat, "PER_BATCH_EVENTS", ())
+    monkeypatch.setattr(speedups, "PER_BATCH_EVENTS", ())
     monkeypatch.setattr(kdata, "no_subclass_dispatch", contextlib.nullcontext)
     b = train(cfg, name="stock", root=tmp_path, quiet=True)
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731

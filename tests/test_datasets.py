@@ -15,11 +15,14 @@ from kmnist_fa.data.datasets import load_dataset, md5sum
 from .conftest import synthetic_arrays, write_synthetic
 
 
-def test_real_kmnist_sample(kmnist):
-    assert kmnist.train_x.shape == (6000, 28, 28) and kmnist.train_x.dtype == np.uint8
-    assert kmnist.test_x.shape == (4000, 28, 28)
+@pytest.mark.parametrize("sample,n_train,n_test", [("kmnist_full", 6000, 4000), ("kmnist", 1200, 300)])
+def test_real_kmnist_sample(request, sample, n_train, n_test):
+    """The full KMNIST-10k sample and the committed kmnist-mini drawn from it read alike."""
+    kmnist = request.getfixturevalue(sample)
+    assert kmnist.train_x.shape == (n_train, 28, 28) and kmnist.train_x.dtype == np.uint8
+    assert kmnist.test_x.shape == (n_test, 28, 28)
     assert kmnist.test_y is None and not kmnist.has_test_labels  # unlabelled test set is normal
-    assert np.bincount(kmnist.train_y).tolist() == [600] * 10
+    assert np.bincount(kmnist.train_y).tolist() == [n_train // 10] * 10
     assert kmnist.chars == list("おきすつなはまやれを")
     assert kmnist.classes == ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
     assert kmnist.label(0) == "お o"

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from kmnist_fa import runs
-from kmnist_fa.config.options import TrainConfig
 from kmnist_fa.core.errors import OptionError, RunError
 from kmnist_fa.data.pipeline import make_dls
 from kmnist_fa.infer.predict import load_run, predict_probs
@@ -15,18 +14,9 @@ from kmnist_fa.pipelines.training import resume, train
 from kmnist_fa.runs.record import RunRecord
 from kmnist_fa.train.distill import Distill, Teacher
 
-from .test_training import Interrupt
+from .conftest import Interrupt, lenet_cfg
 
-
-def _cfg(kmnist, **kw):
-    return TrainConfig.build(**{**dict(arch="lenet5", epochs=2, lr=3e-3, aug="light", data=str(kmnist.root)), **kw})
-
-
-@pytest.fixture(scope="module")
-def teacher(kmnist, tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
-    train(_cfg(kmnist, epochs=2), name="teacher", root=root, quiet=True, data=kmnist)
-    return root
+_cfg = lenet_cfg
 
 
 def test_the_loss_is_labels_and_tempered_kl_in_proportion():

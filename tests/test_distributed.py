@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from kmnist_fa.data.pipeline import make_dls
@@ -44,11 +45,13 @@ def test_shards_are_disjoint_slices_of_one_order(kmnist):
         dl = make_dls(kmnist, SplitSpec(), "none", 64, "cpu").train
         dl.shard = (rank, 2)
         orders.append(list(dl.get_idxs()))
-        assert len(dl) == 5400 // 2 // 64  # whole batches of its own slice (training drops the last)
+        assert len(dl) == 1080 // 2 // 64  # whole batches of its own slice (training drops the last)
     a, b = orders
-    assert len(a) == len(b) == 2700 and not set(a) & set(b) and len(set(a) | set(b)) == 5400
+    assert len(a) == len(b) == 540 and not set(a) & set(b) and len(set(a) | set(b)) == 1080
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_processes_train_one_run(kmnist, tmp_path):
     root, dump = tmp_path / "models", tmp_path / "dump"
     dump.mkdir()
@@ -57,15 +60,17 @@ def test_two_processes_train_one_run(kmnist, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert [p.name for p in root.iterdir()] == ["ddp"]  # rank 1 wrote nothing of its own
     rec = RunRecord.read(root / "ddp")
-    assert rec.complete and rec.extra["distributed"] == {"world_size": 2, "batch_per_process": 64,
-                                                         "effective_batch": 128, "lr_rule": "fixed"}
-    assert rec.best.accuracy > 0.5  # the whole validation set (1/10 of the images), not a shard
+    assert rec.complete and rec.extra["distributed"] == {"world_size": 2, "batch_per_process": 16,
+                                                         "effective_batch": 32, "lr_rule": "fixed"}
+    assert rec.best.accuracy > 0.3  # learned (chance is 0.1), scored on the whole validation set, not a shard
     saved = torch.load(root / "ddp" / "model.pth", weights_only=True)
     ranks = [torch.load(dump / f"rank{i}.pth", weights_only=True) for i in (0, 1)]
     for k in saved:
         assert torch.equal(saved[k], ranks[0][k]) and torch.equal(ranks[0][k], ranks[1][k]), k
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_rank_leaves_a_run_that_resumes_under_torchrun(kmnist, tmp_path):
     root, dump = tmp_path / "models", tmp_path / "dump"
     dump.mkdir()

@@ -105,6 +105,7 @@ def _bomb(path: Path, claimed_images: int, real_bytes: int) -> None:
         f.write(z.flush())
 
 
+@pytest.mark.slow
 def test_readers_stay_within_a_memory_limit(tmp_path):
     """Under a 1 GiB address-space limit: a 2 GiB gzip bomb, a header claiming 2^96 bytes, and a
     40,000,000x1 image all end in a DataError (or a framed image), never in MemoryError."""

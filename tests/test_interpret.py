@@ -26,7 +26,7 @@ def interp_out(lenet_run, tmp_path_factory):
 def test_confusion_matrix_consistent(interp_out, lenet_run):
     _, interp, res, _ = interp_out
     cm = interp.confusion_matrix()
-    assert cm.sum() == 600 == lenet_run.record.split.n_valid
+    assert cm.sum() == 120 == lenet_run.record.split.n_valid
     assert np.trace(cm) / cm.sum() == pytest.approx(res["accuracy"])
     assert res["accuracy"] == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
     for r in res["per_class"]:
@@ -96,8 +96,8 @@ def test_evaluate_flags_runs_on_other_data(lenet_run, tmp_path):
 
     run = load_run(lenet_run.path)
     ev = evaluate(run, run_data(run), "valid")
-    assert ev.n == 600 and ev.flags == [] and ev.accuracy == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
-    assert ev.errors == round((1 - ev.accuracy) * 600)
+    assert ev.n == 120 and ev.flags == [] and ev.accuracy == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
+    assert ev.errors == round((1 - ev.accuracy) * 120)
     from kmnist_fa.data.datasets import load_dataset
 
     other = load_dataset(data=write_synthetic(tmp_path / "toy", n_train=200))
@@ -109,7 +109,7 @@ def test_evaluate_and_interpret_cli(lenet_run, tmp_path):
     r = runner.invoke(app, ["evaluate", str(lenet_run.path), "--json"])
     assert r.exit_code == 0, r.output
     (row,) = json.loads(r.output)
-    assert row["n"] == 600 and row["errors"] + round(row["accuracy"] * 600) == 600
+    assert row["n"] == 120 and row["errors"] + round(row["accuracy"] * 120) == 120
     r = runner.invoke(app, ["interpret", str(lenet_run.path), "--out", str(tmp_path / "i"), "--top-k", "8"])
     assert r.exit_code == 0, r.output
     assert {p.name for p in (tmp_path / "i").iterdir()} == {"confusion.png", "top_losses.png", "most_confused.csv",

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 NBS_DIR = Path(__file__).resolve().parents[1] / "nbs"
 NBS = sorted(NBS_DIR.glob("[0-9]*.ipynb"))
@@ -24,8 +25,10 @@ def test_notebooks_are_nbdev_tutorials_in_reading_order():
         assert all(c.get("outputs") for c in nb.cells if c.cell_type == "code" and "show_doc(" in c.source), p.name
 
 
-def test_notebooks_pass_nbdev_test(kmnist_dir):
-    env = {**os.environ, "KMNIST_FA_QUICK": "1", "KMNIST_FA_DATA": str(kmnist_dir)}
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_notebooks_pass_nbdev_test(kmnist_full_dir):
+    env = {**os.environ, "KMNIST_FA_QUICK": "1", "KMNIST_FA_DATA": str(kmnist_full_dir)}
     runner = Path(sys.executable).parent / "nbdev-test"
     r = subprocess.run([str(runner), "--n-workers", "2", "--timing"], cwd=NBS_DIR, env=env, capture_output=True,
                        text=True, timeout=900)

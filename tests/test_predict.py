@@ -125,7 +125,7 @@ def test_predict_idx_file_ids_are_positions(lenet_run, kmnist_dir, tmp_path):
                             "--out", str(tmp_path / "s.csv"), "--probs", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output
     rows = (tmp_path / "s.csv").read_text().splitlines()
-    assert len(rows) == 4001 and rows[1].startswith("0,") and rows[-1].startswith("3999,")
+    assert len(rows) == 301 and rows[1].startswith("0,") and rows[-1].startswith("299,")
     header = (tmp_path / "p.csv").read_text().splitlines()[0]
     assert header == "Id,Category,o,ki,su,tsu,na,ha,ma,ya,re,wo"
 
@@ -141,7 +141,7 @@ def test_ensemble_cli(lenet_run, tmp_path):
     member, ens = res["rows"][0], res["rows"][-1]
     assert member["valid_acc"] == pytest.approx(lenet_run.record.best.accuracy, abs=1e-6)
     assert ens["valid_acc"] == member["valid_acc"] and member["agreement"] == 1.0
-    assert (tmp_path / "e.csv").read_text().count("\n") == 4001
+    assert (tmp_path / "e.csv").read_text().count("\n") == 301
     assert (tmp_path / "e_disagreement.png").exists()
 
 
@@ -211,19 +211,19 @@ def test_inference_progress_counts_every_pass(loaded, valid, monkeypatch):
 
     from rich.console import Console
 
-    from kmnist_fa.cli import common
+    from kmnist_fa.cli import progress
 
     x = valid[0][:100]
     term = io.StringIO()
-    monkeypatch.setattr(common, "err", Console(file=term, force_terminal=True, width=100))
+    monkeypatch.setattr(progress, "err", Console(file=term, force_terminal=True, width=100))
     n_cbs = len(loaded.learn.cbs)
-    with common.inference_progress([loaded], quiet=False, total=300):
+    with progress.inference_progress([loaded], quiet=False, total=300):
         predict_probs(loaded, x, tta=True, n=2)
         seen = [cb for cb in loaded.learn.cbs if type(cb).__name__ == "ImagesSeen"]
         assert len(seen) == 1
     assert len(loaded.learn.cbs) == n_cbs and "300/300" in term.getvalue()
-    monkeypatch.setattr(common, "err", Console(file=io.StringIO(), force_terminal=False))
-    with common.inference_progress([loaded], quiet=False):  # piped: no bar, no callback
+    monkeypatch.setattr(progress, "err", Console(file=io.StringIO(), force_terminal=False))
+    with progress.inference_progress([loaded], quiet=False):  # piped: no bar, no callback
         assert len(loaded.learn.cbs) == n_cbs
 
 

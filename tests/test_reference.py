@@ -1,14 +1,19 @@
 """The shipped reference runs: they load, match their parameter counts, and reproduce their recorded predictions."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from kmnist_fa.core.formats import read_idx
 from kmnist_fa.infer.predict import load_run, predict_probs
 from kmnist_fa.models.registry import create_model, n_params
 from kmnist_fa.runs.paths import reference_default, reference_dir
 from kmnist_fa.runs.record import FORMAT_VERSION, RunRecord
+
+# the check batch: the first 64 labelled images of KMNIST-10k (tests/data/README.md)
+CHECK_IMAGES = read_idx(Path(__file__).parent / "data" / "reference-check" / "check-images-idx3-ubyte.gz")
 
 SHIPPED = sorted(p for p in reference_dir().iterdir() if (p / "run.json").exists())
 
@@ -20,7 +25,7 @@ def test_reference_runs_are_shipped():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_shipped_run_loads_and_reproduces_its_check_batch(path, kmnist):
+def test_shipped_run_loads_and_reproduces_its_check_batch(path):
     assert (path / "model.pth").stat().st_size <= 10 * 2**20
     sd = torch.load(path / "model.pth", weights_only=True)  # no pickled code
     # the report's three were shipped in the first format and are migrated on reading; later ones in the current one
@@ -34,6 +39,6 @@ def test_shipped_run_loads_and_reproduces_its_check_batch(path, kmnist):
     run = load_run(path, cpu=True)
     check = rec.extra["check"]  # written by tools/export_reference.py, kept through migration
     n = len(check["classes"])
-    probs = predict_probs(run, kmnist.train_x[:n])
+    probs = predict_probs(run, CHECK_IMAGES[:n])
     assert probs.argmax(1).tolist() == check["classes"]
     np.testing.assert_allclose(probs.max(1).values.numpy(), check["top_prob"], atol=1e-4)

@@ -61,6 +61,7 @@ def _check_loaded(rec: RunRecord):
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
+@pytest.mark.slow
 def test_mutated_run_json_loads_valid_or_fails_in_one_line(lenet_run, data):
     base = json.loads((lenet_run.path / "run.json").read_text())
     d = copy.deepcopy(base)

@@ -1,34 +1,26 @@
 """Self-training (`--pseudo`): confident pseudo-labels join the training split only, from honest teachers."""
+from functools import partial
+
 import pytest
 import torch
 
-from kmnist_fa.config.options import TrainConfig
 from kmnist_fa.core.errors import OptionError, RunError
 from kmnist_fa.pipelines.teachers import teacher_names
 from kmnist_fa.pipelines.training import resume, train
 from kmnist_fa.runs.record import RunRecord
 
-from .test_training import Interrupt
+from .conftest import Interrupt, lenet_cfg
 
-
-def _cfg(kmnist, **kw):
-    return TrainConfig.build(**{**dict(arch="lenet5", epochs=2, lr=3e-3, aug="none", data=str(kmnist.root)), **kw})
-
-
-@pytest.fixture(scope="module")
-def teacher(kmnist, tmp_path_factory):
-    root = tmp_path_factory.mktemp("semi")
-    train(_cfg(kmnist, epochs=3), name="teacher", root=root, quiet=True, data=kmnist)
-    return root
+_cfg = partial(lenet_cfg, aug="none")
 
 
 def test_pseudo_labels_join_the_training_split_and_resume_rebuilds_them(teacher, kmnist):
     cfg = _cfg(kmnist, pseudo="teacher", pseudo_threshold=0.9)
     whole = train(cfg, name="student", root=teacher, quiet=True, data=kmnist)
     p = whole.record.extra["pseudo"]
-    assert p["teachers"] == ["teacher"] and p["of"] == 4000 and 0 < p["images"] < 4000 and p["targets"] == "hard"
+    assert p["teachers"] == ["teacher"] and p["of"] == 300 and 0 < p["images"] < 300 and p["targets"] == "hard"
     assert sum(p["per_class"]) == p["images"] and p["confidence_target"] == 1.0  # no label smoothing
-    assert whole.record.split.n_train == 5400 + p["images"] and whole.record.split.n_valid == 600  # valid untouched
+    assert whole.record.split.n_train == 1080 + p["images"] and whole.record.split.n_valid == 120  # valid untouched
     with pytest.raises(KeyboardInterrupt):
         train(cfg, name="cut", root=teacher, quiet=True, data=kmnist, cbs=[Interrupt(0)])
     done = resume("cut", root=teacher, quiet=True, data=kmnist)

@@ -176,6 +176,8 @@ def server(predictor):
     t.join(5)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_browser_draw_and_upload(server, predictor, kmnist, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:

@@ -85,6 +85,7 @@ def test_sweep_runs_results_plot_and_resume(swept):
     assert (member / "model.pth").exists()
 
 
+@pytest.mark.slow
 def test_jobs_2_gives_the_same_results(swept):
     base, params, plan, root, _ = swept
     outcome = sw.run_sweep(base, plan, root / "s2", jobs=2, threads=1)
@@ -95,15 +96,15 @@ def test_jobs_2_gives_the_same_results(swept):
 
 
 def test_sweep_cli(kmnist, tmp_path):
-    r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr=3e-3", "--epochs", "1", "--data", str(kmnist.root),
-                                 "--models-dir", str(tmp_path), "--name", "cli", "--save-recipe",
+    r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr=1e-2", "--epochs", "3", "--bs", "16", "--data",
+                                 str(kmnist.root), "--models-dir", str(tmp_path), "--name", "cli", "--save-recipe",
                                  str(tmp_path / "best.toml")])
     assert r.exit_code == 0, r.output
-    assert "lr-0.003" in r.output and (tmp_path / "best.toml").exists() and (tmp_path / "cli" / "sweep.png").exists()
-    r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr=3e-3", "--epochs", "1", "--data", str(kmnist.root),
-                                 "--models-dir", str(tmp_path), "--name", "cli", "--json"])  # all finished: skipped
+    assert "lr-0.01" in r.output and (tmp_path / "best.toml").exists() and (tmp_path / "cli" / "sweep.png").exists()
+    r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr=1e-2", "--epochs", "3", "--bs", "16", "--data",
+                                 str(kmnist.root), "--models-dir", str(tmp_path), "--name", "cli", "--json"])  # all finished: skipped
     res = json.loads(r.stdout)
-    assert r.exit_code == 0 and res["outcome"] == {"lr-0.003-holdout": "skipped"}
+    assert r.exit_code == 0 and res["outcome"] == {"lr-0.01-holdout": "skipped"}
     assert res["results"][0]["acc_mean"] > 0.5 and res["best_recipe"].endswith("best.toml")
     r = CliRunner().invoke(app, ["sweep", "lenet5", "--param", "lr", "--models-dir", str(tmp_path)])
     assert r.exit_code == 2 and "expected NAME=V1,V2" in r.output
@@ -124,6 +125,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/task"), reason="reads worker processes from /proc")
+@pytest.mark.slow
 def test_workers_of_a_killed_sweep_stop_and_its_trials_are_retried(kmnist, tmp_path):
     """SIGKILL reaches the sweep's process, not its workers: they notice and stop, instead of training on orphaned."""
     import os

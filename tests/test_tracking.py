@@ -1,14 +1,14 @@
 """`--track tensorboard|mlflow`: what the trackers record matches the run's own history."""
 import csv
+from functools import partial
 
 import pytest
 
-from kmnist_fa.config.options import TrainConfig
 from kmnist_fa.core.errors import OptionError
 from kmnist_fa.pipelines.training import resume, train
 from kmnist_fa.train import tracking
 
-from .test_training import Interrupt
+from .conftest import Interrupt, lenet_cfg
 
 
 def _history(path):
@@ -16,8 +16,7 @@ def _history(path):
         return list(csv.DictReader(f))
 
 
-def _cfg(kmnist, **kw):
-    return TrainConfig.build(**{**dict(arch="lenet5", epochs=2, lr=3e-3, data=str(kmnist.root), aug="none"), **kw})
+_cfg = partial(lenet_cfg, aug="none")
 
 
 def test_tensorboard_scalars_match_history_across_a_resume(kmnist, tmp_path):
@@ -59,7 +58,7 @@ def test_mlflow_records_params_metrics_artifacts_and_parent_across_a_resume(kmni
     assert len(mine) == 1
     run = mine[0]
     assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
-    assert run.data.params["arch"] == "lenet5" and float(run.data.params["lr"]) == 3e-3
+    assert run.data.params["arch"] == "lenet5" and float(run.data.params["lr"]) == res.record.lr == 1e-2
     acc = client.get_metric_history(run.info.run_id, "accuracy")
     assert [(m.step, round(m.value, 6)) for m in acc] == [(int(h["epoch"]), round(float(h["accuracy"]), 6))
                                                           for h in _history(res.path)]

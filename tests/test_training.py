@@ -1,41 +1,25 @@
 import json
+from functools import partial
 
 import pytest
 import torch
+from fastai.callback.core import Callback
 
 from kmnist_fa import runs
 from kmnist_fa.config.options import TrainConfig
 from kmnist_fa.core.errors import OptionError, RunError
 from kmnist_fa.pipelines.training import resume, train
 
-try:
-    from fastai.callback.core import Callback
-except ImportError:  # pragma: no cover
-    raise
+from .conftest import Interrupt, lenet_cfg
 
-
-class Interrupt(Callback):
-    """Simulates Ctrl-C right after an epoch's files are written."""
-    order = 90
-
-    def __init__(self, after_epoch: int):
-        self.at = after_epoch
-
-    def after_epoch(self):
-        if self.epoch == self.at:
-            raise KeyboardInterrupt
-
-
-def _cfg(kmnist, **kw):
-    base = dict(arch="lenet5", epochs=3, lr=3e-3, data=str(kmnist.root), aug="light")
-    return TrainConfig.build(**{**base, **kw})
+_cfg = partial(lenet_cfg, epochs=3)
 
 
 def test_lenet_learns_well_above_chance(lenet_run):
     rec = lenet_run.record
-    assert rec.status == "complete" and rec.epochs_done == 4
+    assert rec.status == "complete" and rec.epochs_done == 8
     assert rec.best.accuracy > 0.75  # chance is 0.10
-    assert rec.split.n_train == 5400 and rec.split.n_valid == 600
+    assert rec.split.n_train == 1080 and rec.split.n_valid == 120
 
 
 def test_run_folder_contents(lenet_run):
@@ -51,8 +35,8 @@ def test_run_folder_contents(lenet_run):
     assert set(meta["config"]) == {"model", "optim", "reg", "split", "transfer", "data", "cpu", "keep", "extra"}
     assert runs.RunRecord.from_json(meta) == lenet_run.record
     assert meta["n_params"] == 61_706
-    assert meta["data"]["files"]["train_images"]["md5"] == "cc561f1428ce5d999f4935255949a783"
-    assert len(meta["history"]) == 4
+    assert meta["data"]["files"]["train_images"]["md5"] == "8d152ee1c62c38c047034d7523ac1774"
+    assert len(meta["history"]) == 8
     assert (p / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,valid_loss,accuracy")
     best = max(meta["history"], key=lambda h: h["accuracy"])
     assert meta["best"]["epoch"] == best["epoch"]
@@ -101,7 +85,7 @@ def test_kfold_runs_use_different_validation(kmnist, tmp_path):
     recs = [train(_cfg(kmnist, epochs=1, n_folds=5, fold=k), name=f"f{k}", root=tmp_path, quiet=True,
                   data=kmnist).record for k in (0, 1)]
     assert recs[0].config.split.fold == 0 and recs[1].config.split.fold == 1
-    assert recs[0].split.n_valid == recs[1].split.n_valid == 1200
+    assert recs[0].split.n_valid == recs[1].split.n_valid == 240
 
 
 def test_lr_find_when_lr_omitted(kmnist, tmp_path):
@@ -133,8 +117,8 @@ def test_mixup_and_cutmix_train(kmnist, tmp_path, mix):
             (self.train_lf if self.training else self.valid_lf).add(type(self.learn.loss_func).__name__)
 
     seen = Seen()
-    r = train(_cfg(kmnist, epochs=2, **{mix: True}), name=mix, root=tmp_path, quiet=True, data=kmnist, cbs=[seen])
-    assert r.record.config.get(mix) and r.record.best.accuracy > 0.5
+    r = train(_cfg(kmnist, epochs=3, **{mix: True}), name=mix, root=tmp_path, quiet=True, data=kmnist, cbs=[seen])
+    assert r.record.config.get(mix) and r.record.best.accuracy > 0.3  # chance is 0.1
     assert all(h["train_loss"] is not None for h in r.record.history)  # finite, not NaN (recorded as missing)
     assert "CrossEntropyLossFlat" not in seen.train_lf and seen.valid_lf == {"CrossEntropyLossFlat"}
 
@@ -237,7 +221,16 @@ class Sabotage(Callback):
 def test_keep_decides_which_epoch_model_pth_holds(kmnist, tmp_path, keep):
     r = train(_cfg(kmnist, epochs=2, keep=keep), name=keep, root=tmp_path, quiet=True, data=kmnist, cbs=[Sabotage()])
     accs = [h["accuracy"] for h in r.record.history]
-    assert accs[0] > 0.5 and accs[1] < 0.2
+    assert accs[0] > 0.25 and accs[1] < 0.2  # learned, then chance
     assert r.record.best.epoch == (0 if keep == "best" else 1) and r.record.best.accuracy == accs[r.record.best.epoch]
     saved = torch.load(r.path / "model.pth", weights_only=True)
     assert any(v.abs().sum() > 0 for v in saved.values()) == (keep == "best")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cuda(kmnist, tmp_path, precision):
+    """--precision: fastai's MixedPrecision on a CUDA device still learns, and the run records where it ran."""
+    r = train(_cfg(kmnist, epochs=2, precision=precision), name=precision, root=tmp_path, quiet=True, data=kmnist)
+    assert r.record.device.startswith("cuda") and r.record.config.optim.precision == precision
+    assert r.record.best.accuracy > 0.3 and all(h["train_loss"] is not None for h in r.record.history)

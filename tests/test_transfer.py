@@ -91,7 +91,7 @@ def test_arch_must_match(parent12):
 def test_fine_tune_resume_across_phases_equals_uninterrupted(parent12, kmnist, tmp_path):
     from kmnist_fa.pipelines.training import resume
 
-    from .test_training import Interrupt
+    from .conftest import Interrupt
 
     cfg = dict(arch="lenet5", epochs=2, freeze_epochs=1, lr=3e-3, from_run=str(parent12.path), data=str(kmnist.root))
     full = train(TrainConfig.build(**cfg), name="full", root=tmp_path, quiet=True, data=kmnist)

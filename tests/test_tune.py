@@ -40,6 +40,7 @@ def _tune(kmnist, models, *args, **kw):
                                     str(models), "--threads", "1", *args], **kw)
 
 
+@pytest.mark.slow
 def test_tune_cli_outputs_resume_and_extend(kmnist, tmp_path):
     args = ["-p", "lr=1e-3:1e-2:log", "-p", "aug=none,light", "--trials", "3", "--pruner", "none", "--study", "s",
             "--json"]
@@ -99,6 +100,7 @@ def _cli(models: Path, kmnist, *args) -> list[str]:
             str(models), "--threads", "1", "--pruner", "none", *args]
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(kmnist, tmp_path):
     cmd = _cli(tmp_path, kmnist, "-p", "lr=1e-3:1e-2:log", "--trials", "4", "--epochs", "1", "--study", "c")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -117,6 +119,7 @@ def test_two_processes_share_one_study(kmnist, tmp_path):
     assert all(RunRecord.read(tmp_path / "c" / m).epochs_done == 1 for m in members)
 
 
+@pytest.mark.slow
 def test_killed_tune_resumes_its_trial(kmnist, tmp_path):
     args = ["-p", "lr=3e-3,1e-3", "--sampler", "grid", "--trials", "2", "--epochs", "3", "--study", "k", "--json"]
     p = subprocess.Popen(_cli(tmp_path, kmnist, *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

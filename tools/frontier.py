@@ -1,8 +1,8 @@
-"""Inference speed of runs for the README's time-to-accuracy frontier (img/s on the unlabelled images).
+"""Inference speed of runs for the time-to-accuracy frontier (docs/experiments/time-to-accuracy.md) (img/s on the unlabelled images).
 
 Each run predicts the dataset's unlabelled test images plain and with TTA, in this
 process after one warm-up pass; the median of `--repeats` is reported. Training time
-is measured separately, with the command a user types (README, "Time to accuracy").
+is measured separately, with the command a user types (docs/experiments/time-to-accuracy.md).
 
     python tools/frontier.py reference/lenet5 reference/alexnet5 reference/alexnet7 models/fast
 """

@@ -88,7 +88,7 @@ DatasetOpt = typer.Option(None, "--dataset", help=OPTIONS["dataset"].help)
 DataOpt = typer.Option(None, "--data", help=OPTIONS["data"].help)
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Where runs live (default: env KMNIST_FA_MODELS or ./models).")
 TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fastai tta) per model "
-                      "(default: the shipped reference default's own setting, see models/README.md; off for --model runs).")
+                      "(default: the shipped reference default's own setting, see docs/reference-models.md; off for --model runs).")
 TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model with --tta, plus the clean pass "
                        f"(default {TTA_N}; the reference default's own setting when it is used).")
 CpuOpt = typer.Option(False, "--cpu", help=OPTIONS["cpu"].help)  # the training option, for inference commands
@@ -121,7 +121,7 @@ def default_text(o) -> str:
 def training_options(fn):
     """Attach every training option of `config.OPTIONS` (plus --recipe) to a command.
 
-    Generated, so a new option declared in config.py appears in `train`, `lr-find`
+    Generated, so a new option declared in config/options.py appears in `train`, `lr-find`
     and `sweep` at once. Every default is None, meaning "from the recipe" (the
     architecture's default recipe unless --recipe names another), so only options
     typed on the command line override it.

@@ -3,7 +3,7 @@
 A recipe is a partial `TrainConfig` (flat option names, `config.RECIPE_KEYS`) plus a
 description. `report-*` recipes
 reproduce the rows of the report's results table; `default-<arch>` is what
-`kmnist-fa train ARCH` uses, chosen by cross-validation (see models/README.md).
+`kmnist-fa train ARCH` uses, chosen by cross-validation (see docs/experiments/reference-models.md).
 Precedence: TrainConfig defaults < recipe < options given on the command line.
 """
 from __future__ import annotations

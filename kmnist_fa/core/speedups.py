@@ -1,7 +1,7 @@
 """The only place kmnist-fa touches private fastai/torch names, each with a public fallback.
 
 Two patches, each kept because `benchmarks/bench.py --tables patches` measured it
-saving at least 5% of a shipped default recipe's training time (README, "Private-API
+saving at least 5% of a shipped default recipe's training time (docs/benchmarks.md, "Private-API
 patches"): per-batch callback dispatch (`HandlerDispatchLearner`, `PER_BATCH_EVENTS`) and batch transforms without
 tensor-subclass dispatch (`no_subclass_dispatch`). If an upgrade renames what they
 touch, the fallback keeps results identical (tested) and only the speed-up is lost.
@@ -58,6 +58,6 @@ class HandlerDispatchLearner(Learner):
 
 def no_subclass_dispatch():
     """Run torch ops on fastai's tensor subclasses without their Python `__torch_function__`
-    (same values, less time: see the README's speed table); a no-op where torch lacks the switch."""
+    (same values, less time: see docs/benchmarks.md); a no-op where torch lacks the switch."""
     switch = getattr(getattr(torch, "_C", None), "DisableTorchFunctionSubclass", None)
     return switch() if switch is not None else contextlib.nullcontext()

@@ -106,7 +106,7 @@ class UntypedOpsPipeline(Pipeline):
     Transforms still dispatch on TensorImage / TensorCategory (the batch keeps its types
     and fasttransform re-types every result), but the torch ops inside them run
     without fastai's Python-level type propagation: identical batches (tested), in less
-    time (README, "Speed against hand-written PyTorch", for the measurement).
+    time (docs/benchmarks.md for the measurement).
     """
 
     def __call__(self, o):
@@ -257,7 +257,7 @@ class DataInfo:
     aug: str
     train_idx: np.ndarray
     valid_idx: np.ndarray
-    pseudo: dict | None = None  # what self-training added to the training split (`semi`)
+    pseudo: dict | None = None  # what self-training added to the training split (`pipelines.teachers`)
 
 
 class MnistDataLoaders(DataLoaders):

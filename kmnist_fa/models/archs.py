@@ -70,7 +70,7 @@ def vgg5(n_classes: int = 10, bn: bool = True, dropout: float = 0.0) -> nn.Seque
     One conv at 28x28, two at 14x14, two at 7x7, so most work is on small maps; the head
     keeps the 3x3 layout (no global pooling: where a stroke is matters for kana). Its
     weights are channels-last, which oneDNN runs ~10% faster on the CPU (`fast` recipe
-    timing, README) and tensor cores prefer on a GPU; state_dicts load either way.
+    timing, docs/benchmarks.md) and tensor cores prefer on a GPU; state_dicts load either way.
     """
     if not bn:
         raise OptionError("vgg5 is built around batch norm: --no-bn is not available for it")

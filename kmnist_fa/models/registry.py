@@ -13,23 +13,19 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..core.errors import OptionError
-
-if TYPE_CHECKING:
-    from torch import nn
 
 
 @dataclass(frozen=True)
 class ArchSpec:
     name: str
-    factory: Callable[..., nn.Module] | str  # a callable, or "module:function" imported when first built
+    factory: Callable | str  # builds an nn.Sequential(body, head); a callable, or "module:function" imported when first built
     description: str
     default_bn: bool
     default_dropout: float
 
-    def build(self, n_classes: int = 10, bn: bool | None = None, dropout: float | None = None) -> nn.Module:
+    def build(self, n_classes: int = 10, bn: bool | None = None, dropout: float | None = None):
         bn = self.default_bn if bn is None else bn
         dropout = self.default_dropout if dropout is None else dropout
         if not 0 <= dropout < 1:
@@ -76,9 +72,10 @@ def get_arch(name: str) -> ArchSpec:
         raise OptionError(f"unknown architecture {name!r} (known: {', '.join(ARCHS)})") from None
 
 
-def create_model(arch: str, n_classes: int = 10, bn: bool | None = None, dropout: float | None = None) -> nn.Module:
+def create_model(arch: str, n_classes: int = 10, bn: bool | None = None, dropout: float | None = None):
+    """A fresh `nn.Sequential(body, head)` of a registered architecture (torch loads here, with the first model)."""
     return get_arch(arch).build(n_classes, bn, dropout)
 
 
-def n_params(model: nn.Module) -> int:
+def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -40,7 +40,7 @@ OPTIMIZERS = dict(zip(OPT_NAMES, (SGD, Adam, RMSProp)))
 
 
 class ToolkitLearner(HandlerDispatchLearner):
-    """fastai's `Learner` (with `compat`'s per-batch dispatch), knowing where a fit sits in its run.
+    """fastai's `Learner` (with `core.speedups`' per-batch dispatch), knowing where a fit sits in its run.
 
     Fine-tuning fits twice, and the run's epochs, as run.json, history.csv, the terminal
     and pruning callbacks count them, go on from phase one: `fit` sets `epoch_offset`

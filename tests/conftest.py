@@ -16,9 +16,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # 1,200 labelled + 300 unlabelled real images, committed (tests/data/kmnist-mini/README.md): every clone has them
 KMNIST_MINI = Path(__file__).resolve().parent / "data" / "kmnist-mini"
-# the full 6,000 + 4,000 sample beside the checkout (as in CI); KMNIST_FA_TEST_DATA (or a downloaded KMNIST in
-# KMNIST_FA_DATA) points elsewhere
-KMNIST_10K = Path(os.environ.get("KMNIST_FA_TEST_DATA") or os.environ.get("KMNIST_FA_DATA")
+# the full 6,000 + 4,000 sample beside the checkout (as in CI); KMNIST_FA_TEST_DATA points elsewhere
+KMNIST_10K = Path(os.environ.get("KMNIST_FA_TEST_DATA")
                   or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kmnist-10k")
 
 

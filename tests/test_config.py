@@ -52,6 +52,9 @@ def test_bad_choices_fail_before_torch_loads():
         for args in (["--opt", "adamw"], ["--lr", "inf"], ["--aug", "extreme"], ["--n-folds", "5"]):
             r = CliRunner().invoke(app, ["train", "lenet5", *args])
             assert r.exit_code == 2 and r.output.startswith("error: --"), r.output
+        for cmd in (["sweep", "lenet5", "--param", "bogus=1"], ["tune", "lenet5", "--param", "lr=x", "--n-folds", "3"]):
+            r = CliRunner().invoke(app, cmd)
+            assert r.exit_code == 2 and r.output.startswith("error: --param"), r.output
         assert "torch" not in sys.modules and "fastai" not in sys.modules
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -236,3 +236,15 @@ def test_empty_dataset_and_nameless_classmap(tmp_path):
     write_idx(root / "train-labels-idx1-ubyte.gz", np.zeros(0, np.uint8))
     with pytest.raises(DataError, match="holds no images"):
         load_dataset(data=root)
+
+
+def test_data_folder_is_fastais(monkeypatch, tmp_path):
+    """Datasets live where fastai keeps its data, read without loading fastai: the same folder fastai names."""
+    from fastai.data.external import fastai_cfg, fastai_path
+
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "fastai-home"))
+    fastai_cfg.cache_clear()
+    try:
+        assert datasets.fastai_data_dir() == Path(fastai_path("data"))
+    finally:
+        fastai_cfg.cache_clear()

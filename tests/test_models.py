@@ -79,3 +79,19 @@ def test_splitter_body_head():
 def test_unknown_arch():
     with pytest.raises(OptionError, match="unknown architecture 'resnet9000'"):
         get_arch("resnet9000")
+
+
+def test_builtin_registry_entries_match_their_factories():
+    """The registry names built-in factories by dotted path (so it loads no torch); each entry's description is
+    its factory's first docstring line, and its defaults are the factory's own."""
+    import importlib
+    import inspect
+
+    for spec in ARCHS.values():
+        if not isinstance(spec.factory, str):
+            continue
+        module, _, name = spec.factory.partition(":")
+        fn = getattr(importlib.import_module(module), name)
+        assert spec.description == inspect.getdoc(fn).splitlines()[0], spec.name
+        defaults = inspect.signature(fn).parameters
+        assert (spec.default_bn, spec.default_dropout) == (defaults["bn"].default, defaults["dropout"].default)

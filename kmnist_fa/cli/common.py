@@ -119,7 +119,7 @@ def default_text(o) -> str:
 
 
 def training_options(fn):
-    """Attach every training option of `config.OPTIONS` (plus --recipe) to a command.
+    """Attach every training option of `config.options.OPTIONS` (plus --recipe) to a command.
 
     Generated, so a new option declared in config/options.py appears in `train`, `lr-find`
     and `sweep` at once. Every default is None, meaning "from the recipe" (the

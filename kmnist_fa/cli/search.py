@@ -1,4 +1,4 @@
-"""`kmnist-fa sweep|tune`: searches over training options on the engine in `kmnist_fa.search`."""
+"""`kmnist-fa sweep|tune`: searches over training options on the engine in `kmnist_fa.pipelines.search`."""
 from __future__ import annotations
 
 import threading

@@ -42,8 +42,6 @@ def archs(as_json: bool = JsonOpt):
     show(t)
 
 
-
-
 @app.command("train")
 @friendly
 @training_options

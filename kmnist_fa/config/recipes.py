@@ -1,6 +1,6 @@
 """Named training recipes: one small TOML file each in `kmnist_fa/recipes/`.
 
-A recipe is a partial `TrainConfig` (flat option names, `config.RECIPE_KEYS`) plus a
+A recipe is a partial `TrainConfig` (flat option names, `config.options.RECIPE_KEYS`) plus a
 description. `report-*` recipes
 reproduce the rows of the report's results table; `default-<arch>` is what
 `kmnist-fa train ARCH` uses, chosen by cross-validation (see docs/experiments/reference-models.md).

@@ -164,7 +164,6 @@ def write_idx(path: str | Path, arr: np.ndarray, compress: bool | None = None) -
 
 
 def write_npz(path: str | Path, arr: np.ndarray) -> Path:
-
     def _save(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object stops numpy appending ".npz" to the temp name
             np.savez_compressed(f, arr)

@@ -121,7 +121,7 @@ class ArrayDL(TfmdDL):
     so `dls.test_dl(...)` with foreign items still works.
     """
 
-    shard: tuple[int, int] | None = None  # (rank, world size) in data-parallel training (`distributed`)
+    shard: tuple[int, int] | None = None  # (rank, world size) in data-parallel training (`train.ddp`)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

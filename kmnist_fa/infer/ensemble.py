@@ -140,7 +140,6 @@ def analyse(members, data, images: np.ndarray, labels: np.ndarray | None, method
 
 
 def disagreement_heatmap(path: str | Path, names: Sequence[str], matrix: np.ndarray) -> Path:
-
     k = len(names)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.8 * k))
     im = ax.imshow(matrix, cmap="viridis", vmin=0)

@@ -12,6 +12,7 @@ weights MD5) goes into each format's own metadata. Needs the `export` extra.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,7 +67,6 @@ def _weights(path: Path) -> Path:
 
 
 def bundle(members: list[LoadedRun]) -> Preprocessed:
-
     check_members(members)
     models = [m.learn.model.cpu().eval() for m in members]
     return Preprocessed(models, [m.record.norm.mean for m in members], [m.record.norm.std for m in members]).eval()
@@ -85,9 +85,11 @@ def export(members: list[LoadedRun], out: str | Path, fmt: str = "onnx") -> Path
     if fmt == "onnx":
         return write_with(out, lambda p: _onnx(model, example, meta, p))
     if fmt == "torchscript":
-        traced = torch.jit.trace(model, example)
-        return write_with(out, lambda p: torch.jit.save(traced, str(p), _extra_files={"kmnist_fa.json":
-                                                                                      json.dumps(meta)}))
+        with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript, the format asked for: not news
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(model, example)
+            return write_with(out, lambda p: torch.jit.save(traced, str(p), _extra_files={"kmnist_fa.json":
+                                                                                          json.dumps(meta)}))
     if len(members) > 1:
         raise OptionError("--format safetensors holds one run's weights; export an ensemble as onnx or torchscript")
     from safetensors.torch import save_file

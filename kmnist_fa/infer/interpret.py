@@ -115,7 +115,6 @@ def plot_confusion(interp: CachedInterpretation, labels: list[str]):
 
 
 def plot_top_losses(interp: CachedInterpretation, labels: list[str], k: int = 16):
-
     losses, idx = interp.top_losses(min(k, len(interp.losses)))
     titles = []
     for loss, i in zip(losses.tolist(), idx.tolist()):

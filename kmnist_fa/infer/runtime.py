@@ -3,7 +3,7 @@
 For deployments that cannot carry torch (a small container, a web service): the
 model file holds the run's normalisation and class names (`kmnist-fa export`), and
 inputs go through the same readers and image framing as `kmnist-fa predict`
-(`images.collect_inputs`: MNIST-format files, folders, PNG/JPG with inversion of
+(`data.images.collect_inputs`: MNIST-format files, folders, PNG/JPG with inversion of
 dark-on-light drawings). TTA is not baked into the graph but is a runtime option here:
 `tta_n` passes of the `light` preset's augmentation (shift ±2 px, rotation ±15°, done
 with Pillow from a seeded NumPy generator) averaged, then blended with the clean pass

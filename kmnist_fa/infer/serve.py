@@ -2,7 +2,7 @@
 
 A small Starlette app with one self-contained page (inline CSS and JS: no CDN, no
 fonts, no analytics, so it works with no network). Drawings and uploads go through
-exactly the preprocessing of `kmnist-fa predict` (`images.decode_image`: grayscale,
+exactly the preprocessing of `kmnist-fa predict` (`data.images.decode_image`: grayscale,
 inversion of dark-on-light, framing to 28x28), and the page shows the 28x28 image
 the model actually saw. Needs the `demo` extra: `pip install -e ".[demo]"`.
 
@@ -36,14 +36,12 @@ class Predictor:
     """The loaded runs and how to combine them; one call per image."""
 
     def __init__(self, members: Sequence, tta: bool = False, tta_n: int = TTA_N, method: str = "mean"):
-
         self.members, self.tta, self.tta_n, self.method = list(members), tta, tta_n, method
         self.classes = check_members(self.members)
         self.chars = self.members[0].chars
         self._lock = threading.Lock()  # a fastai Learner predicts one batch at a time
 
     def __call__(self, img: np.ndarray, k: int = 3) -> list[dict]:
-
         with self._lock:
             probs = combine(member_probs(self.members, img[None], self.tta, self.tta_n), self.method)[0]
         top = probs.topk(min(k, len(probs)))

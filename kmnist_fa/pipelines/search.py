@@ -36,9 +36,6 @@ from .. import runs
 from ..config.options import OPTIONS, SWEEPABLE, TrainConfig, recipe_values
 from ..core.atomic import write_csv, write_text
 from ..core.errors import KmnistError, OptionError
-from ..core.plots import plt, save_fig
-from ..train import tracking
-from .training import resume, train
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -414,6 +411,7 @@ def _pruning_callback(trial):
 
 def run_member(path: Path, cfg: TrainConfig, cbs: list | None) -> str:
     """Train, resume or skip one run; returns trained/resumed/skipped or 'unreadable: ...'."""
+    from .training import resume, train  # start-up speed: sweep/tune options are checked before torch loads
 
     status = member_status(path)
     if status == "complete":
@@ -431,6 +429,8 @@ def run_trial(study, trial, spec: StudySpec, outcome: dict[str, str]) -> None:
     """Train every fold of one trial and tell the study how it ended (complete, pruned or failed)."""
     import optuna
     from optuna.trial import TrialState
+
+    from ..train import tracking  # start-up speed, as in run_member
 
     params = {p.name: p.suggest(trial) for p in spec.params}
     n = original(study.get_trials(deepcopy=False)[trial.number])
@@ -621,6 +621,8 @@ def _plots(study, spec: StudySpec, root: Path) -> dict[str, Path]:
     that needs more finished trials than there are is left out."""
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.visualization import matplotlib as ovm
+
+    from ..core.plots import plt, save_fig  # start-up speed, as in run_member
 
     makers = {"history": lambda: ovm.plot_optimization_history(study),
               "slice": lambda: ovm.plot_slice(study)}

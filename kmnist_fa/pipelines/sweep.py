@@ -17,8 +17,6 @@ from .. import runs
 from ..config.options import SWEEPABLE, TrainConfig
 from ..core.atomic import write_csv, write_json
 from ..core.errors import KmnistError, OptionError
-from ..core.plots import plt, save_fig
-from ..train.tracking import parent_run
 from . import search
 from .search import config_id, member_name, member_status
 
@@ -88,6 +86,7 @@ def run_sweep(base: TrainConfig, jobs_list: list[Job], root: Path, jobs: int = 1
         folds=list(dict.fromkeys(j.fold for j in jobs_list)), sampler="random",
         identity={"kind": "sweep", "base": base_d}, track=list(track or []))
     if "mlflow" in spec.track:
+        from ..train.tracking import parent_run  # start-up speed: options are checked before torch loads
 
         spec.tracking_parent = parent_run(root.name, "sweep", {"params": ", ".join(names)})
     study = search.open_study(spec)
@@ -152,6 +151,7 @@ def write_results(root: Path, rows: list[dict], params: list[tuple[str, list]], 
 
 def plot(path: Path, rows: list[dict], params, base: TrainConfig) -> Path:
     """Valid accuracy against each swept parameter, error bars = sd over folds (others at base)."""
+    from ..core.plots import plt, save_fig  # start-up speed, as in run_sweep
 
     fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.2), squeeze=False)
     for ax, (name, values) in zip(axes[0], params):

@@ -90,7 +90,9 @@ def load_teachers(cfg: TrainConfig, data: MnistData, root: str | Path | None, de
 
 def pseudo_labels(cfg: TrainConfig, data: MnistData, root: str | Path | None = None
                   ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(images, labels, what run.json records) for the confident pseudo-labels of the test images."""
+    """(images, labels, what run.json records) for the confident pseudo-labels of the test images.
+
+    Every teacher is loaded and checked before any predicts, so a refused teacher costs no prediction time."""
     if data.test_x is None or not len(data.test_x):
         raise DataError(f"--pseudo: {data.name} has no unlabelled test images to label")
     teachers = resolve_teachers(cfg.data.pseudo, cfg, data, root, PSEUDO)

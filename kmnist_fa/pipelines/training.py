@@ -1,7 +1,7 @@
 """Training runs: a `TrainConfig` becomes a fit and a run folder, and an interrupted run continues.
 
 Everything a run needs to be re-created (or resumed) is in `TrainConfig`, which
-run.json stores; the CLI and notebooks call `train()` / `resume()` and nothing else.
+run.json stores; the CLI and notebooks call `train()` / `resume()` (lr-find: `prepare()`, then `train.learner`).
 Teachers (self-training's pseudo-labels, distillation's soft targets) are resolved
 here and handed to the learner as data and callbacks. A run folder is written by one
 process at a time (`runs.run_lock`), with one commit point per epoch
@@ -10,6 +10,7 @@ the `kmnist_fa` logger).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import time
@@ -113,8 +114,7 @@ def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = N
 
 def _peer(job: _Job) -> _Job:
     """The same job for a data-parallel peer: silent, and never writing."""
-    return _Job(path=job.path, name=job.name, root=job.root, quiet=True, progress=None, data=job.data, cbs=job.cbs,
-                log=lambda m: None, writer=False)
+    return dataclasses.replace(job, quiet=True, progress=None, log=lambda m: None, writer=False)
 
 
 _UNSTARTED_FILES = {runs.RUN_FILE, runs.HISTORY_FILE, runs.CURVES_FILE}

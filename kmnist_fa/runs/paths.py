@@ -51,10 +51,8 @@ def run_path(name_or_path: str | Path, root: str | Path | None = None) -> Path:
     raise RunError(f"{name_or_path}: no such run (looked in {p} and {q}); `kmnist-fa models` lists runs")
 
 
-
 def is_hub_folder(path: Path) -> bool:
     return not (path / RUN_FILE).exists() and (path / HUB_CONFIG).is_file() and (path / HUB_WEIGHTS).is_file()
-
 
 
 REFERENCE_PREFIX = "reference/"

@@ -134,7 +134,7 @@ def test_workers_of_a_killed_sweep_stop_and_its_trials_are_retried(kmnist, tmp_p
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "kmnist_fa", "sweep", "lenet5", "--param", "lr=1e-3,2e-3", "--epochs", "30",
+    cmd = [sys.executable, "-m", "kmnist_fa", "sweep", "lenet5", "--param", "lr=1e-3,2e-3", "--epochs", "300",
            "--jobs", "2", "--data", str(kmnist.root), "--models-dir", str(tmp_path), "--name", "killed"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})

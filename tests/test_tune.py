@@ -121,7 +121,8 @@ def test_two_processes_share_one_study(kmnist, tmp_path):
 
 @pytest.mark.slow
 def test_killed_tune_resumes_its_trial(kmnist, tmp_path):
-    args = ["-p", "lr=3e-3,1e-3", "--sampler", "grid", "--trials", "2", "--epochs", "3", "--study", "k", "--json"]
+    # enough epochs that the kill after the first lands well before the trial could finish
+    args = ["-p", "lr=3e-3,1e-3", "--sampler", "grid", "--trials", "2", "--epochs", "8", "--study", "k", "--json"]
     p = subprocess.Popen(_cli(tmp_path, kmnist, *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     first = tmp_path / "k" / "trial000-holdout"
@@ -142,7 +143,7 @@ def test_killed_tune_resumes_its_trial(kmnist, tmp_path):
     assert res["outcome"]["trial000-holdout"] == "resumed"  # the retry continued the dead attempt's run
     assert [(t["trial"], t["state"]) for t in res["trials"]] == [(0, "complete"), (1, "complete")]
     rec = RunRecord.read(first)
-    assert rec.complete and rec.epochs_done == 3
+    assert rec.complete and rec.epochs_done == 8
     import optuna
 
     spec = search.StudySpec(root=str(tmp_path / "k"), study="k", base={}, params=[], folds=[None])

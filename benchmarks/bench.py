@@ -236,8 +236,8 @@ def infer_toolkit(kind: str, folder: str, limit: int | None, device: str) -> dic
     cpu = device == "cpu"
     if kind == "default":
         ref = reference_default()
-        members = [load_run(p, cpu=cpu, tta_aug=ref.get("tta_aug")) for p in ref["paths"]]
-        tta, n = ref["tta"], ref["tta_n"]
+        members = [load_run(p, cpu=cpu, tta=ref["tta"]) for p in ref["paths"]]
+        tta, n = ref["tta"].on, ref["tta"].n
     else:
         members, tta, n = [load_run(reference_dir() / INFER_ARCH, cpu=cpu)], kind == "tta", TTA_N
     member_probs(members, x[:WARM], tta, n)  # warm-up

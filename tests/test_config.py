@@ -101,3 +101,17 @@ def test_an_option_added_in_one_place_reaches_cli_recipes_sweeps_and_run_json(tm
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                        env={**__import__("os").environ, "PYTHONPATH": str(pkg.parent)})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_tta_settings_are_one_checked_type():
+    """reference/default.json, export metadata and load_run share TtaSettings: every key read, bad ones refused."""
+    from kmnist_fa.config.options import TtaSettings
+
+    t = TtaSettings.from_json({"tta": True, "tta_n": 8, "tta_beta": 0.5, "tta_aug": "light", "method": "vote"}, "d.json")
+    assert (t.on, t.n, t.beta, t.aug, t.method) == (True, 8, 0.5, "light", "vote")
+    assert TtaSettings.from_json(t.to_json(), "again") == t and TtaSettings.from_json({}, "x") == TtaSettings()
+    for bad, msg in (({"tta_n": 0}, "passes"), ({"tta_beta": 1.5}, "clean-pass weight"), ({"tta_aug": "wild"},
+                     "augmentation"), ({"method": "median"}, "--method"), ([], "must be a table")):
+        with pytest.raises(OptionError, match=msg) as e:
+            TtaSettings.from_json(bad, "reference/default.json")
+        assert str(e.value).startswith("reference/default.json: ")

@@ -136,3 +136,17 @@ def test_hub_folder_round_trip_card_and_offline_push(kmnist, tmp_path, monkeypat
     assert r.exit_code == 2 and r.stderr.startswith("error: --push me/x: upload failed") and r.stderr.count("\n") == 1
     r = runner.invoke(app, ["export", str(ref), "--format", "hub", "--out", str(hub)])
     assert r.exit_code == 2 and "not an empty folder" in r.output
+
+
+def test_exported_tta_settings_reach_the_runtime(kmnist, tmp_path):
+    """An ONNX file carries its run's TTA settings, and the torch-free runtime blends with their clean-pass weight."""
+    from kmnist_fa.config.options import TtaSettings
+
+    path, x = reference_runs()[0], kmnist.train_x[:40]
+    clfs = {}
+    for beta in (0.0, 0.75):
+        run = load_run(path, cpu=True, tta=TtaSettings(on=True, n=2, beta=beta))
+        clfs[beta] = OnnxClassifier(export([run], tmp_path / f"m{beta}.onnx", "onnx"))
+        assert clfs[beta].tta == run.tta
+    clean, aug = clfs[0.75].predict_probs(x), clfs[0.0].predict_probs(x, tta_n=2, seed=1)
+    np.testing.assert_allclose(clfs[0.75].predict_probs(x, tta_n=2, seed=1), 0.25 * aug + 0.75 * clean, atol=1e-6)

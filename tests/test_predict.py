@@ -174,7 +174,7 @@ def test_predict_works_out_of_the_box_with_reference_models(valid, tmp_path):
     Image.fromarray(255 - x[0]).resize((90, 90)).save(tmp_path / "char.png")
     r = runner.invoke(app, ["predict", str(tmp_path / "char.png"), "--out", str(tmp_path / "s.csv")])
     assert r.exit_code == 0, r.output
-    assert ("no TTA" in r.output) == (not reference_default()["tta"])
+    assert ("no TTA" in r.output) == (not reference_default()["tta"].on)
     assert (tmp_path / "s.csv").read_text().splitlines()[1] == f"char.png,{y[0]}"
     r = runner.invoke(app, ["predict", str(tmp_path / "char.png"), "--out", str(tmp_path / "t.csv"), "--tta",
                             "--tta-n", "2"])

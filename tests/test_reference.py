@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from kmnist_fa.config.options import TtaSettings
 from kmnist_fa.core.formats import read_idx
 from kmnist_fa.infer.predict import load_run, predict_probs
 from kmnist_fa.models.registry import create_model, n_params
@@ -21,7 +22,8 @@ SHIPPED = sorted(p for p in reference_dir().iterdir() if (p / "run.json").exists
 def test_reference_runs_are_shipped():
     assert {p.name for p in SHIPPED} >= {"lenet5", "alexnet5", "alexnet7"}
     ref = reference_default()
-    assert all(p.exists() for p in ref["paths"]) and ref["tta"] in (True, False) and ref["tta_n"] >= 1
+    assert all(p.exists() for p in ref["paths"]) and ref["tta"].on in (True, False) and ref["tta"].n >= 1
+    assert ref["tta"] == TtaSettings(on=True, n=4, beta=0.75, method="mean")  # reference/default.json, every key read
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)

@@ -97,6 +97,7 @@ def test_cache_blends_tta_exactly_like_predict(lenet_run, tmp_path):
     """Every subcommand scores TTA settings from one cache of parts; each must equal the toolkit's own prediction."""
     import shutil
 
+    from kmnist_fa.config.options import TtaSettings
     from kmnist_fa.infer.predict import load_run, predict_probs, run_data, validation_set
 
     cv = _load("cv")
@@ -112,7 +113,7 @@ def test_cache_blends_tta_exactly_like_predict(lenet_run, tmp_path):
         np.testing.assert_allclose(cv.probs_for(z, f"tta:train:{n}:0.25"),
                                    predict_probs(run, x, tta=True, n=n).numpy(), atol=1e-6)
     assert cv.SELECT_MODE in cv.modes()  # `select` scores from the same cache
-    light = load_run(run_dir, tta_aug="light", tta_beta=0.5)
+    light = load_run(run_dir, tta=TtaSettings(aug="light", beta=0.5))
     np.testing.assert_allclose(cv.probs_for(z, "tta:light:4:0.5"), predict_probs(light, x, tta=True, n=4).numpy(),
                                atol=1e-6)
     assert cv.fold_accuracy([z], "plain") == pytest.approx(float((predict_probs(run, x).numpy().argmax(1) == y).mean()))

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kmnist_fa.config.options import TTA_BETA, TTA_N, TrainConfig
+from kmnist_fa.config.options import TTA_BETA, TTA_N, TrainConfig, TtaSettings
 from kmnist_fa.config.recipes import list_recipes, resolve_config
 from kmnist_fa.core.atomic import write_json, write_text, write_with
 from kmnist_fa.core.errors import KmnistError
@@ -77,7 +77,7 @@ def fold_preds(run_dir: Path) -> Path:
     x, y, _ = validation_set(run, run_data(run))
     arrays = {"labels": y, "plain": predict_probs(run, x).numpy()}
     for preset in TTA_PRESETS:
-        r = run if preset == "train" else load_run(run_dir, tta_aug=preset)
+        r = run if preset == "train" else load_run(run_dir, tta=TtaSettings(aug=preset))
         for n in TTA_NS:
             _, aug, _ = tta_parts(r, x, n)
             arrays[f"aug_{preset}_{n}"] = aug.numpy()

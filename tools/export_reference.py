@@ -15,6 +15,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from kmnist_fa.config.options import TTA_BETA, TtaSettings
 from kmnist_fa.core.atomic import write_json
 from kmnist_fa.data.datasets import load_dataset
 from kmnist_fa.infer.predict import load_run, predict_probs
@@ -60,9 +61,9 @@ def main(argv=None):
                               "top_prob": [round(float(p), 5) for p in probs.max(1).values]}
         rec.write(out)
         print(f"{name}: {rec.n_params:,} params, {(out / 'model.pth').stat().st_size / 1e6:.1f} MB")
-    spec = {"members": args.default, "tta": not args.no_tta, "tta_n": args.tta_n, "method": "mean"}
-    spec.update({k: v for k, v in (("tta_beta", args.tta_beta), ("tta_aug", args.tta_aug)) if v is not None})
-    write_json(dest / "default.json", {**spec, "chosen_by": args.chosen_by})
+    tta = TtaSettings(on=not args.no_tta, n=args.tta_n, beta=TTA_BETA if args.tta_beta is None else args.tta_beta,
+                      aug=args.tta_aug)
+    write_json(dest / "default.json", {"members": args.default, **tta.to_json(), "chosen_by": args.chosen_by})
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model 
                        f"(default {TTA_N}; the reference default's own setting when it is used).")
 CpuOpt = typer.Option(False, "--cpu", help=OPTIONS["cpu"].help)  # the training option, for inference commands
 MethodOpt = typer.Option("mean", "--method", help="Combine models by 'mean' of probabilities or majority 'vote'.")
+DefaultMethodOpt = typer.Option(None, "--method", help="Combine models by 'mean' of probabilities or majority 'vote' "
+                                "(default mean; the reference default's own setting when it is used).")
 TrackOpt = typer.Option([], "--track", help="Also log to an experiment tracker; repeatable: tensorboard (event "
                         "files in the run folder) or mlflow (MLFLOW_TRACKING_URI). Needs the track extra.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output (JSON on stdout) instead of tables.")

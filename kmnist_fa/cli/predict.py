@@ -7,12 +7,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..config.options import TTA_N
+from ..config.options import TTA_N, TtaSettings
 from ..core.errors import OptionError
 from .common import (
     CpuOpt,
     DataOpt,
     DatasetOpt,
+    DefaultMethodOpt,
     JsonOpt,
     MethodOpt,
     ModelsDirOpt,
@@ -31,15 +32,16 @@ from .common import (
 from .progress import inference_progress
 
 
-def load_members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, dict]:
-    """Loaded runs for --model options, or the shipped reference default with its TTA settings."""
+def load_members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, TtaSettings]:
+    """Loaded runs for --model options (TTA off unless asked), or the shipped reference default with its own
+    TTA settings."""
     from ..infer.predict import load_run
     from ..runs.paths import reference_default
 
     if models:
-        return [load_run(m, models_dir, cpu=cpu) for m in models], {"tta": False}
+        return [load_run(m, models_dir, cpu=cpu) for m in models], TtaSettings()
     ref = reference_default()
-    return [load_run(p, cpu=cpu, tta_aug=ref.get("tta_aug"), tta_beta=ref.get("tta_beta")) for p in ref["paths"]], ref
+    return [load_run(p, cpu=cpu, tta=ref["tta"]) for p in ref["paths"]], ref["tta"]
 
 
 def _class_table(ids, probs, members, limit: int = 40) -> Table:
@@ -63,7 +65,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
                                                    "folder (its test split), folder of images, or image files."),
                 model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Run name or folder; repeat "
                                                           "for an ensemble (default: the shipped reference default, reference/default.json)."),
-                tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: str = MethodOpt, seed: int = SeedOpt,
+                tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: Optional[str] = DefaultMethodOpt, seed: int = SeedOpt,
                 invert: str = typer.Option("auto", "--invert", help="Image files: invert dark-on-light drawings "
                                            "(auto: decide from the border; yes; no)."),
                 out_csv: Optional[Path] = typer.Option(None, "--out", help="Write the Kaggle submission "
@@ -93,10 +95,10 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
         members, use_tta, tta_n = [OnnxClassifier(onnx[0])], bool(tta), tta_n or TTA_N
         classes = members[0].classes
     else:
-        members, defaults = load_members(model, models_dir, cpu)
+        members, settings = load_members(model, models_dir, cpu)
         classes = check_members(members)
-        use_tta = tta if tta is not None else defaults["tta"]
-        tta_n = tta_n or defaults.get("tta_n", TTA_N)
+        use_tta = tta if tta is not None else settings.on
+        tta_n, method = tta_n or settings.n, method or settings.method
     got = collect_inputs(inputs, invert)
     for e in got.errors:
         err.print(note("warning:", "yellow", e), highlight=False, soft_wrap=True)

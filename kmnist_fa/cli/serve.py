@@ -6,9 +6,8 @@ from typing import Optional
 
 import typer
 
-from ..config.options import TTA_N
 from ..core.errors import OptionError
-from .common import CpuOpt, MethodOpt, ModelsDirOpt, TtaNOpt, TtaOpt, app, err, friendly, note
+from .common import CpuOpt, DefaultMethodOpt, ModelsDirOpt, TtaNOpt, TtaOpt, app, err, friendly, note
 from .predict import load_members
 
 
@@ -18,7 +17,7 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
                                                           "(default: the shipped reference model)."),
               host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default)."),
               port: int = typer.Option(7860, "--port", min=1, max=65535, help="TCP port."),
-              tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: str = MethodOpt,
+              tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: Optional[str] = DefaultMethodOpt,
               models_dir: Optional[Path] = ModelsDirOpt,
               cpu: bool = CpuOpt):
     """Web demo: draw a character (or upload an image) and watch the top-3 guesses. Needs the demo extra."""
@@ -28,9 +27,9 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
         raise OptionError('serve needs the demo extra: pip install -e ".[demo]"') from None
     from ..infer.serve import Predictor, create_app
 
-    members, defaults = load_members(model, models_dir, cpu)
-    predictor = Predictor(members, tta if tta is not None else defaults["tta"], tta_n or defaults.get("tta_n", TTA_N),
-                          method)
+    members, settings = load_members(model, models_dir, cpu)
+    predictor = Predictor(members, tta if tta is not None else settings.on, tta_n or settings.n,
+                          method or settings.method)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(note("warning:", "yellow", f"--host {host}: the demo is reachable from other machines on the "
                        "network, with no authentication"), highlight=False, soft_wrap=True)

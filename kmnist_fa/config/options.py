@@ -31,6 +31,50 @@ KEEP = ("best", "last")
 TTA_N = 4  # fastai's `tta` default: augmented passes before the clean one is blended in
 TTA_BETA = 0.25  # fastai's `tta` default: weight of the clean pass against the mean of the augmented passes
 
+ENSEMBLE_METHODS = ("mean", "vote")
+
+
+@dataclass(frozen=True)
+class TtaSettings:
+    """How a prediction uses test-time augmentation, as one value: what a loaded run predicts with, what the
+    shipped default (reference/default.json) sets, what an exported ONNX file carries and its runtime uses.
+
+    `on`: TTA at all; `n`: augmented passes; `beta`: the clean pass's weight against their mean; `aug`: the
+    preset the passes replay (None: the run's training preset, `light` for a run trained without one);
+    `method`: how an ensemble's members are combined.
+    """
+
+    on: bool = False
+    n: int = TTA_N
+    beta: float = TTA_BETA
+    aug: str | None = None
+    method: str = "mean"
+
+    def __post_init__(self):
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise OptionError(f"TTA passes must be a whole number of at least 1, got {self.n!r}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta <= 1:
+            raise OptionError(f"TTA clean-pass weight must be in [0, 1], got {self.beta!r}")
+        if self.aug is not None and self.aug not in AUG_PRESETS:
+            raise OptionError(f"TTA augmentation must be one of {', '.join(AUG_PRESETS)}, got {self.aug!r}")
+        if self.method not in ENSEMBLE_METHODS:
+            raise OptionError(f"--method must be one of {', '.join(ENSEMBLE_METHODS)}, got {self.method!r}")
+
+    @classmethod
+    def from_json(cls, d: dict, where: str) -> TtaSettings:
+        """From the keys reference/default.json and export metadata use (`tta`, `tta_n`, `tta_beta`, `tta_aug`,
+        `method`); a missing key takes its default, a wrong one is refused naming `where`."""
+        if not isinstance(d, dict):
+            raise OptionError(f"{where}: TTA settings must be a table")
+        try:
+            return cls(on=bool(d.get("tta", False)), n=d.get("tta_n", TTA_N), beta=d.get("tta_beta", TTA_BETA),
+                       aug=d.get("tta_aug"), method=d.get("method", "mean"))
+        except OptionError as e:
+            raise OptionError(f"{where}: {e}") from None
+
+    def to_json(self) -> dict:
+        return {"tta": self.on, "tta_n": self.n, "tta_beta": self.beta, "tta_aug": self.aug, "method": self.method}
+
 
 def option(default, help: str, *, flag: str | None = None, choices: tuple | None = None,
            min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False,

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config.options import TTA_N
+from ..config.options import ENSEMBLE_METHODS, TTA_N
 from ..core.atomic import csv_text, write_text
 from ..core.errors import OptionError
 from ..core.plots import plt, save_fig
 from .predict import TTA_SEED, predict_probs, validation_set
 
-METHODS = ("mean", "vote")
+METHODS = ENSEMBLE_METHODS
 
 
 def combine(probs: Sequence[torch.Tensor], method: str = "mean", seed: int = 42) -> torch.Tensor:

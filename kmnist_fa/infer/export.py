@@ -59,6 +59,7 @@ def metadata(members: list[LoadedRun]) -> dict[str, str]:
         "kmnist_fa.input": "float32 images in [0, 255], N x 28 x 28, white ink on black (kmnist_fa.infer.runtime "
                            "converts uint8 and N x 1 x 28 x 28)",
         "kmnist_fa.outputs": "logits, probs" + (" (probs: mean of the members')" if len(members) > 1 else ""),
+        "kmnist_fa.tta": json.dumps(first.tta.to_json()),  # what the runtime's TTA blends with (clean-pass weight)
     }
 
 

@@ -21,8 +21,8 @@ from fastai.torch_core import no_random
 from fastcore.basics import noop
 
 from .. import runs
-from ..config.options import TTA_BETA, TTA_N, SplitSpec
-from ..core.errors import DataError, OptionError, RunError
+from ..config.options import TTA_N, SplitSpec, TtaSettings
+from ..core.errors import DataError, RunError
 from ..data.datasets import MnistData, load_dataset
 from ..data.pipeline import array_dl, default_device, inference_dls
 from ..data.splits import split_indices
@@ -40,7 +40,7 @@ class LoadedRun:
     path: Path
     record: RunRecord
     learn: Learner
-    tta_beta: float = TTA_BETA  # TTA's clean-pass weight (reference/default.json may set its own, chosen by CV)
+    tta: TtaSettings = TtaSettings()  # how TTA predicts (reference/default.json sets its own, chosen by CV)
 
     @property
     def classes(self) -> list[str]:
@@ -55,15 +55,13 @@ class LoadedRun:
 
 
 def load_run(name_or_path: str | Path, root: str | Path | None = None, device=None, cpu: bool = False,
-             tta_aug: str | None = None, tta_beta: float | None = None) -> LoadedRun:
+             tta: TtaSettings | None = None) -> LoadedRun:
     """Rebuild a run's Learner for inference from run.json + model.pth alone.
 
-    `tta_aug` is the augmentation TTA replays; default: the run's training preset
-    (`light` for a run trained without augmentation). `tta_beta` is the clean pass's
-    weight in TTA (default fastai's 0.25).
+    `tta` says how TTA predicts: the augmentation its passes replay (default: the
+    run's training preset, `light` for a run trained without augmentation) and the
+    clean pass's weight (default fastai's 0.25).
     """
-    if tta_beta is not None and not 0 <= tta_beta <= 1:
-        raise OptionError(f"TTA clean-pass weight must be in [0, 1], got {tta_beta!r}")
     path = runs.run_path(name_or_path, root)
     rec = RunRecord.read(path)
     m = rec.config.model
@@ -76,14 +74,15 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise RunError(f"{path / runs.MODEL_FILE}: does not fit {m.arch} ({str(e).splitlines()[0][:160]})") from None
-    aug = tta_aug or rec.config.reg.aug
+    tta = tta or TtaSettings()
+    aug = tta.aug or rec.config.reg.aug
     dls = inference_dls(rec.classes, rec.norm.mean, rec.norm.std, device or default_device(cpu),
                         aug="light" if aug == "none" else aug)
     learn = ToolkitLearner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=[accuracy, error_rate], splitter=splitter,
                            path=path, model_dir=SCRATCH_DIR)
     learn.remove_cb(ProgressCallback)
     learn.logger = noop
-    return LoadedRun(rec.name, path, rec, learn, TTA_BETA if tta_beta is None else float(tta_beta))
+    return LoadedRun(rec.name, path, rec, learn, tta)
 
 
 def _hub_state(path: Path) -> dict:
@@ -104,7 +103,7 @@ def predict_probs(run: LoadedRun, images: np.ndarray, tta: bool = False, n: int 
     """Class probabilities (N x C, rows sum to 1) for uint8 images, optionally with TTA.
 
     TTA is fastai's `Learner.tta`: `n` passes with the run's training augmentation,
-    averaged, then blended with the clean pass (clean weight `run.tta_beta`); the passes'
+    averaged, then blended with the clean pass (clean weight `run.tta.beta`); the passes'
     random augmentations come from `seed`, so repeating a prediction repeats its result.
     """
     if len(images) == 0:
@@ -126,7 +125,7 @@ def tta_parts(run: LoadedRun, images: np.ndarray, n: int = TTA_N, labels=None, s
     with no_random(seed, reproducible=False):  # the caller's random streams are put back after
         (aug, clean), _ = run.learn.tta(dl=dl, n=n, beta=None)
     aug, clean = aug.float().cpu(), clean.float().cpu()
-    return clean, aug, torch.lerp(aug, clean, run.tta_beta)
+    return clean, aug, torch.lerp(aug, clean, run.tta.beta)
 
 
 def run_data(run: LoadedRun, data: str | Path | None = None, dataset: str | None = None) -> MnistData:

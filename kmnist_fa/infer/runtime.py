@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config.options import TTA_BETA
+from ..config.options import TtaSettings
 from ..core.errors import DataError
 from ..data.images import collect_inputs
 
@@ -45,6 +45,10 @@ class OnnxClassifier:
             raise DataError(f"{self.path}: not exported by kmnist-fa (no class names in its metadata)") from None
         if not (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
             raise DataError(f"{self.path}: its class names are not a list of strings")
+        try:  # the exported run's TTA settings; files exported before they were recorded take the defaults
+            self.tta = TtaSettings.from_json(json.loads(meta.get("kmnist_fa.tta", "{}")), f"{self.path} metadata")
+        except ValueError:
+            raise DataError(f"{self.path}: its TTA settings are not JSON") from None
         self.name = self.path.name
 
     def predict_probs(self, images: np.ndarray, bs: int = 256, tta_n: int = 0, seed: int = 42) -> np.ndarray:
@@ -58,7 +62,7 @@ class OnnxClassifier:
             return clean
         rng = np.random.default_rng(seed)
         aug = np.mean([self._run(_shift_rotate(x, rng), bs) for _ in range(tta_n)], axis=0)
-        return aug + TTA_BETA * (clean - aug)
+        return aug + self.tta.beta * (clean - aug)
 
     def _run(self, x: np.ndarray, bs: int) -> np.ndarray:
         return np.concatenate([self.session.run(["probs"], {"images": x[i:i + bs]})[0]

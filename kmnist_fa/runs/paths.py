@@ -11,6 +11,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+from ..config.options import TtaSettings
 from ..core.errors import OptionError, RunError
 
 MODEL_FILE, RUN_FILE, CKPT_FILE, HISTORY_FILE, CURVES_FILE = (
@@ -68,10 +69,10 @@ def reference_runs() -> list[Path]:
 
 
 def reference_default() -> dict:
-    """The shipped default ensemble (reference/default.json): member folders and TTA settings."""
+    """The shipped default ensemble (reference/default.json): member folders (`paths`) and `tta`, its
+    `TtaSettings`."""
     spec = reference_dir() / "default.json"
     if not spec.exists():
         raise OptionError(f"no reference models are shipped in {reference_dir()}; pass --model RUN")
     d = json.loads(spec.read_text(encoding="utf-8"))
-    d["paths"] = [reference_dir() / m for m in d["members"]]
-    return d
+    return {**d, "paths": [reference_dir() / m for m in d["members"]], "tta": TtaSettings.from_json(d, str(spec))}

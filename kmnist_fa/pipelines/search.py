@@ -506,11 +506,13 @@ def work(spec: StudySpec, threads: int | None = None, n_gpu: int = 0, slots: int
     return outcome
 
 
-def watch_parent(parent: int, every: float = 1.0) -> None:
+def watch_parent(parent: int, every: float = 1.0, grace: float = 10.0) -> None:
     """Stop this worker, as Ctrl-C would (its trial is retried on the next run), once its parent is gone.
 
     A sweep or tune killed by SIGTERM or SIGKILL, unlike Ctrl-C, signals no worker, and a
     worker claims trial after trial until the study is done: it would go on training, orphaned.
+    The interrupt reaches Python code only: a worker blocked waiting for a task that the dead
+    parent never sent would wait forever, so after `grace` seconds the process ends regardless.
     """
     import _thread
     import threading
@@ -519,6 +521,8 @@ def watch_parent(parent: int, every: float = 1.0) -> None:
         while os.getppid() == parent:
             time.sleep(every)
         _thread.interrupt_main()
+        time.sleep(grace)
+        os._exit(1)
 
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 

@@ -513,9 +513,15 @@ def watch_parent(parent: int, every: float = 1.0, grace: float = 10.0) -> None:
     worker claims trial after trial until the study is done: it would go on training, orphaned.
     The interrupt reaches Python code only: a worker blocked waiting for a task that the dead
     parent never sent would wait forever, so after `grace` seconds the process ends regardless.
+    Runs in each pool worker's main thread (the pool's initializer).
     """
     import _thread
+    import signal
     import threading
+
+    # interrupt_main raises KeyboardInterrupt only where Python handles SIGINT; a sweep started with SIGINT
+    # ignored (a background job of a script, nohup, CI) hands that to its workers, so they take it back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def watch():
         while os.getppid() == parent:

@@ -1,4 +1,4 @@
-"""`python -m kmnist_fa ...` behaves exactly like the installed `kmnist-fa ...`."""
-from .cli import app
+"""`python -m kmnist_fa ...` behaves exactly like the installed `kmnist-fa ...` (full install or runtime only)."""
+from .launcher import main
 
-app(prog_name="kmnist-fa")
+main()

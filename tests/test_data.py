@@ -4,7 +4,8 @@ import torch
 
 from kmnist_fa.config.options import SplitSpec
 from kmnist_fa.core.errors import OptionError
-from kmnist_fa.data.pipeline import AUG_PRESETS, ArrayDL, array_dl, aug_tfms, image_stats, make_dls, sample_batch
+from kmnist_fa.data.pipeline import AUG_PRESETS, ArrayDL, array_dl, aug_tfms, make_dls, sample_batch
+from kmnist_fa.data.stats import image_stats
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,7 @@ def test_fast_batches_equal_fastai_per_item_collation(dls):
 
 
 def test_stats_come_from_training_split_only(kmnist, dls):
+    """Training normalises with the torch-free `data.stats`, the numbers `kmnist-fa data info` prints."""
     mean, std = image_stats(kmnist.train_x[dls.info.train_idx])
     assert (dls.info.mean, dls.info.std) == (mean, std)
     assert mean != image_stats(kmnist.train_x)[0]
@@ -151,6 +153,17 @@ def test_image_stats_exact_and_chunked(kmnist):
         image_stats(np.full((3, 28, 28), 255, np.uint8))
     with pytest.raises(DataError, match="no images"):
         image_stats(x[:0])
+
+
+@pytest.mark.parametrize("which,expected", [  # `kmnist-fa data info --json` before the stats left pipeline.py
+    ("mini", (0.1814483293317327, 0.3391344067622858)),
+    pytest.param("full", (0.18415198829531812, 0.34139581031563304), marks=pytest.mark.full_data),
+])
+def test_image_stats_unchanged_on_the_kmnist_samples(which, expected, request):
+    from kmnist_fa.data.datasets import load_dataset
+
+    folder = request.getfixturevalue("kmnist_dir" if which == "mini" else "kmnist_full_dir")
+    assert image_stats(load_dataset(data=folder).train_x) == expected
 
 
 def test_split_and_batch_size_that_would_train_nonsense(kmnist):

@@ -85,7 +85,7 @@ def test_runtime_tta_is_seeded_and_close_to_the_clean_pass(kmnist, tmp_path):
     clf = OnnxClassifier(export([load_run(reference_runs()[-1], cpu=True)], tmp_path / "m.onnx", "onnx"))
     x, y = kmnist.train_x[:600], kmnist.train_y[:600]
     clean = clf.predict_probs(x)
-    a, b, c = (clf.predict_probs(x, tta_n=3, seed=s) for s in (1, 1, 2))
+    a, b, c = (clf.predict_probs(x, tta=True, n=3, seed=s) for s in (1, 1, 2))
     assert np.array_equal(a, b) and not np.array_equal(a, c) and np.allclose(a.sum(1), 1, atol=1e-5)
     assert (a.argmax(1) == clean.argmax(1)).mean() > 0.9 and (a.argmax(1) == y).mean() > 0.8
 
@@ -95,8 +95,9 @@ def test_runtime_classifies_without_torch(kmnist, kmnist_dir, tmp_path):
     model = export([run], tmp_path / "m.onnx", "onnx")
     Image.fromarray(255 - kmnist.train_x[5]).resize((84, 84)).save(tmp_path / "char.png")  # dark on light, larger
     code = (
-        "import sys, json; sys.modules['torch'] = None; sys.modules['fastai'] = None\n"
-        "from kmnist_fa.infer.runtime import classify\n"
+        "import sys, json\n"
+        "for m in ('torch', 'fastai', 'typer', 'rich', 'matplotlib'): sys.modules[m] = None\n"
+        "from kmnist_fa.runtime import classify\n"
         f"rows = classify({str(model)!r}, [{str(tmp_path / 'char.png')!r}])\n"
         f"rows += classify({str(model)!r}, [{str(kmnist_dir / 't10k-images-idx3-ubyte.gz')!r}])[:50]\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
@@ -109,7 +110,7 @@ def test_runtime_classifies_without_torch(kmnist, kmnist_dir, tmp_path):
 
     want = predict_probs(run, read_image(tmp_path / "char.png")[None]).argmax(1).item()
     test = predict_probs(run, kmnist.test_x[:50]).argmax(1).tolist()
-    assert rows[0]["id"] == "char.png" and rows[0]["class"] == want
+    assert rows[0]["id"] == "char.png" and rows[0]["class"] == want and rows[0]["char"] == run.chars[want]
     assert [row["class"] for row in rows[1:]] == test and rows[1]["id"] == "0"
 
 
@@ -148,5 +149,5 @@ def test_exported_tta_settings_reach_the_runtime(kmnist, tmp_path):
         run = load_run(path, cpu=True, tta=TtaSettings(on=True, n=2, beta=beta))
         clfs[beta] = OnnxClassifier(export([run], tmp_path / f"m{beta}.onnx", "onnx"))
         assert clfs[beta].tta == run.tta
-    clean, aug = clfs[0.75].predict_probs(x), clfs[0.0].predict_probs(x, tta_n=2, seed=1)
-    np.testing.assert_allclose(clfs[0.75].predict_probs(x, tta_n=2, seed=1), 0.25 * aug + 0.75 * clean, atol=1e-6)
+    clean, aug = clfs[0.75].predict_probs(x, tta=False), clfs[0.0].predict_probs(x, seed=1)
+    np.testing.assert_allclose(clfs[0.75].predict_probs(x, seed=1), 0.25 * aug + 0.75 * clean, atol=1e-6)

@@ -70,6 +70,17 @@ def test_html_report_is_self_contained(interp_out):
     assert "Most confused" in page and "お o" in page
 
 
+def test_html_report_lists_only_the_options_that_shaped_the_run(interp_out):
+    run, *_, out = interp_out
+    page = (out / "report.html").read_text(encoding="utf-8")
+    options = page.split("<h2>Options</h2>")[1].split("<h2>")[0]
+    rows = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", options))
+    assert rows["epochs"] == "8" and rows["lr"] == "0.0100" and rows["valid_pct"] == "0.1000"
+    assert "None" not in rows.values()  # unset: bn, dropout, mom, wd ...
+    assert not {"bn", "dropout", "mom", "wd", "mixup", "distill_weight", "pseudo_threshold", "freeze_epochs"} & set(rows)
+    assert f"learning rate {run.record.lr:.3g} ({run.record.lr_source})" in " ".join(page.split())
+
+
 def test_hiragana_render_not_tofu():
     from kmnist_fa.core.plots import font_has, japanese_font, render_text
 

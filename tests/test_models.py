@@ -43,6 +43,7 @@ def test_register_new_arch_with_one_decorator():
     try:
         assert get_arch("tiny-test").description == "A two-layer toy."
         assert n_params(create_model("tiny-test")) == 7850
+        assert get_arch("tiny-test").params is None and get_arch("tiny-test").param_count() == 7850  # counted
     finally:
         ARCHS.pop("tiny-test")
 
@@ -95,3 +96,11 @@ def test_builtin_registry_entries_match_their_factories():
         assert spec.description == inspect.getdoc(fn).splitlines()[0], spec.name
         defaults = inspect.signature(fn).parameters
         assert (spec.default_bn, spec.default_dropout) == (defaults["bn"].default, defaults["dropout"].default)
+
+
+def test_builtin_parameter_counts_are_recorded_and_true():
+    """`kmnist-fa archs` lists the recorded counts without torch; building each default model proves them."""
+    builtins = [spec for spec in ARCHS.values() if isinstance(spec.factory, str)]
+    assert {"lenet5", "alexnet5", "alexnet7", "vgg5", "xresnet18"} <= {spec.name for spec in builtins}
+    for spec in builtins:
+        assert spec.params == n_params(spec.build()) == spec.param_count(), spec.name

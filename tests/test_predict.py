@@ -6,8 +6,9 @@ from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
 from kmnist_fa.core.errors import OptionError, RunError
+from kmnist_fa.core.predictions import submission_csv
 from kmnist_fa.data.images import collect_inputs, frame
-from kmnist_fa.infer.ensemble import agreement, combine, submission_csv
+from kmnist_fa.infer.ensemble import agreement, combine
 from kmnist_fa.infer.predict import load_run, predict_probs, run_data, tta_parts, validation_set
 
 runner = CliRunner()
@@ -178,7 +179,7 @@ def test_predict_works_out_of_the_box_with_reference_models(valid, tmp_path):
     assert (tmp_path / "s.csv").read_text().splitlines()[1] == f"char.png,{y[0]}"
     r = runner.invoke(app, ["predict", str(tmp_path / "char.png"), "--out", str(tmp_path / "t.csv"), "--tta",
                             "--tta-n", "2"])
-    assert r.exit_code == 0 and ", TTA)" in r.output
+    assert r.exit_code == 0 and "TTA 2 passes, clean-pass weight" in r.output
 
 
 def test_tta_predictions_repeat_byte_for_byte(lenet_run, kmnist_dir, tmp_path):
@@ -234,9 +235,16 @@ def test_predict_json(lenet_run, valid, tmp_path):
 
     Image.fromarray(valid[0][0]).save(tmp_path / "a.png")
     r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-m", str(lenet_run.path), "--json"])
-    rows = json.loads(r.stdout)
+    got = json.loads(r.stdout)
+    rows = got["rows"]
     assert r.exit_code == 0 and rows[0]["id"] == "a.png" and rows[0]["name"] == lenet_run.record.classes[rows[0]["class"]]
-    assert 0.1 < rows[0]["prob"] <= 1
+    assert 0.1 < rows[0]["prob"] <= 1 and rows[0]["char"] == lenet_run.record.chars[rows[0]["class"]]
+    assert got["used"] == {"runs": ["lenet-fixture"], "model_file": None, "tta": False, "tta_n": None,
+                           "tta_beta": None, "method": "mean", "seed": 42}
+    r = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "-m", str(lenet_run.path), "-m", str(lenet_run.path),
+                            "--tta", "--tta-n", "2", "--method", "vote", "--seed", "5"])
+    title = "predictions (1 images; 2 runs (lenet-fixture, lenet-fixture; vote), TTA 2 passes, clean-pass weight 0.25, seed 5)"
+    assert r.exit_code == 0 and title in " ".join(r.output.split())  # the title wraps at the table's width
 
 
 def test_learn_predict_takes_what_fastai_users_pass(lenet_run, loaded, valid, tmp_path):
@@ -249,7 +257,7 @@ def test_learn_predict_takes_what_fastai_users_pass(lenet_run, loaded, valid, tm
     img = Image.fromarray(255 - np.kron(valid[0][3], np.ones((3, 3), np.uint8)))  # 84x84, dark ink on white
     img.save(tmp_path / "c.png")
     r = runner.invoke(app, ["predict", str(tmp_path / "c.png"), "-m", str(lenet_run.path), "--json"])
-    cli = json.loads(r.stdout)[0]
+    cli = json.loads(r.stdout)["rows"][0]
     learn = loaded.learn
     for item in (img, tmp_path / "c.png", str(tmp_path / "c.png"), np.asarray(img), torch.tensor(np.asarray(img)),
                  np.asarray(img, np.float32) / 255):

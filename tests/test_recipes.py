@@ -2,7 +2,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
-from kmnist_fa.config.recipes import list_recipes, load_recipe, resolve_config
+from kmnist_fa.config.recipes import list_recipes, load_recipe, lr_source, resolve_config
 from kmnist_fa.core.errors import OptionError
 
 
@@ -24,6 +24,10 @@ def test_every_recipe_builds_a_config():
 def test_command_line_overrides_recipe():
     cfg, _ = resolve_config(None, "report-alexnet5-bn", {"epochs": 3, "lr": None, "aug": "heavy"})
     assert (cfg.optim.epochs, cfg.optim.lr, cfg.reg.aug, cfg.model.bn) == (3, 1e-4, "heavy", True)
+    assert lr_source(cfg) == "recipe report-alexnet5-bn"  # what run.json and model cards show
+    assert lr_source(resolve_config(None, "report-alexnet5-bn", {"lr": 2e-3})[0]) == "--lr"
+    assert lr_source(resolve_config("lenet5", None, {})[0]) == "recipe default-lenet5"
+    assert lr_source(resolve_config("lenet5", None, {})[0].replace(lr=0.5)) == "--lr"  # a sweep's or tune's value
 
 
 def test_recipe_arch_mismatch_and_unknown(tmp_path):

@@ -88,7 +88,7 @@ def test_mutated_run_json_loads_valid_or_fails_in_one_line(lenet_run, data):
 
 
 @pytest.mark.parametrize("edit,msg", [
-    (lambda d: d.update(format_version="1"), "format_version: must be a whole number from 1 to 2, got '1'"),
+    (lambda d: d.update(format_version="1"), "format_version: must be a whole number from 1 to 3, got '1'"),
     (lambda d: d.update(format_version=None), "format_version: must be a whole number"),
     (lambda d: d["config"].update(arch=["lenet5"]), "config: ARCH must be a string"),
     (lambda d: d.update(best="high"), "best: expected a table, got 'high'"),
@@ -125,6 +125,19 @@ def test_reference_runs_migrate_from_format_1(tmp_path):
         written = json.loads((out / "run.json").read_text())
         assert written["format_version"] == FORMAT_VERSION and "arch" not in written and "metrics" not in written
         assert RunRecord.read(out) == rec
+
+
+def test_format_2_counted_epochs_from_0_and_migrates_to_counting_from_1(tmp_path):
+    rec = RunRecord.read(reference_dir() / "fast")
+    assert [h["epoch"] for h in rec.history] == list(range(1, rec.epochs_done + 1)) and rec.best.epoch == rec.epochs_done
+    old = rec.to_json() | {"format_version": 2, "best": {**vars(rec.best), "epoch": rec.best.epoch - 1},
+                           "history": [{**h, "epoch": h["epoch"] - 1} for h in rec.history]}
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    assert RunRecord.read(tmp_path) == rec
+    old["history"][0]["epoch"] = 1  # a format-2 history must start at 0
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    with pytest.raises(RunError, match=r"history\[0\]\.epoch: must be 1, got 2"):
+        RunRecord.read(tmp_path)
 
 
 def test_oversized_and_deeply_nested_run_json(tmp_path):

@@ -1,5 +1,6 @@
 """The web demo: request handling through Starlette's TestClient, and end to end in headless Chromium."""
 import io
+import re
 import shutil
 import socket
 import threading
@@ -131,6 +132,22 @@ def test_page_headers_and_hostile_names(client, kmnist):
     assert j["top"][0]["name"].startswith(HOSTILE)  # JSON carries the text; the page shows it as text (browser test)
 
 
+def test_page_serves_its_own_kana_font(client):
+    """Kana need a Japanese font, which a fresh system may lack: the page brings the one the package installs for
+    its plots, from the app itself (CSP `font-src 'self'`), under a content-named URL browsers may keep."""
+    from kmnist_fa.core.plots import kana_font_file
+
+    r = client.get("/")
+    assert "font-src 'self'" in r.headers["content-security-policy"]
+    url = re.search(r'@font-face\{font-family:"kmnist-kana";src:url\("(/fonts/kana-[0-9a-f]{12}\.ttf)"\)', r.text)[1]
+    assert 'body{font-family:"kmnist-kana",' in r.text
+    f = client.get(url)
+    assert f.status_code == 200 and f.headers["content-type"] == "font/ttf"
+    assert f.content == kana_font_file().read_bytes()
+    assert "immutable" in f.headers["cache-control"] and "max-age=31536000" in f.headers["cache-control"]
+    assert client.get("/fonts/kana-000000000000.ttf").status_code == 404
+
+
 def test_a_slow_upload_does_not_stall_other_requests(server):
     """Decoding runs in a worker thread: the page still answers while a 40-megapixel strip is decoded."""
     import urllib.request
@@ -190,7 +207,21 @@ def test_browser_draw_and_upload(server, predictor, kmnist, tmp_path):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page()
+        refused = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
         page.goto(server)
+        # the kana line is drawn with the page's own font, loaded under its CSP (no tofu on a bare system)
+        faces = page.evaluate("""async () => { await document.fonts.ready;
+            return [...document.fonts].map(f => [f.family.replace(/"/g, ''), f.status]); }""")
+        assert ["kmnist-kana", "loaded"] in faces, faces
+        assert page.evaluate("() => document.fonts.check('1em kmnist-kana', 'お')")
+        cdp = page.context.new_cdp_session(page)  # which fonts Chromium actually drew the kana line with
+        cdp.send("DOM.enable")
+        cdp.send("CSS.enable")
+        line = cdp.send("DOM.querySelector", {"nodeId": cdp.send("DOM.getDocument")["root"]["nodeId"],
+                                              "selector": "p"})["nodeId"]
+        used = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": line})["fonts"]
+        assert {f["familyName"]: f["glyphCount"] for f in used if f["isCustomFont"]} == {"IPAexGothic": 10}, used
         box = page.locator("#pad").bounding_box()
         page.mouse.move(box["x"] + 60, box["y"] + 60)
         page.mouse.down()
@@ -213,4 +244,5 @@ def test_browser_draw_and_upload(server, predictor, kmnist, tmp_path):
         page.wait_for_selector("#error:not(:empty)")  # (the page's CSP forbids Playwright's eval-based waits)
         assert "not a readable image" in page.locator("#error").text_content()
         browser.close()
+    assert refused == []
     assert shown == cli_class(predictor, data)

@@ -126,8 +126,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/task"), reason="reads worker processes from /proc")
 @pytest.mark.slow
-def test_workers_of_a_killed_sweep_stop_and_its_trials_are_retried(kmnist, tmp_path):
-    """SIGKILL reaches the sweep's process, not its workers: they notice and stop, instead of training on orphaned."""
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_workers_of_a_killed_sweep_stop_and_its_trials_are_retried(kmnist, tmp_path, sig):
+    """SIGKILL and SIGTERM reach the sweep's process, not its workers: after SIGKILL they notice the parent gone;
+    SIGTERM the sweep passes on as Ctrl-C and exits 143. Either way no worker trains on, orphaned."""
     import os
     import signal
     import subprocess
@@ -143,8 +145,8 @@ def test_workers_of_a_killed_sweep_stop_and_its_trials_are_retried(kmnist, tmp_p
         time.sleep(0.5)
     workers = set().union(*(_children(c) | {c} for c in _children(p.pid)))  # the pool and its resource tracker
     assert workers and p.poll() is None
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    p.send_signal(getattr(signal, sig))
+    assert p.wait(timeout=60) == (-signal.SIGKILL if sig == "SIGKILL" else 143)
     deadline = time.time() + 30
     while any(map(_alive, workers)) and time.time() < deadline:
         time.sleep(0.2)

@@ -28,7 +28,7 @@ def test_run_folder_contents(lenet_run):
     sd = torch.load(p / "model.pth", weights_only=True)
     assert set(sd) == set(lenet_run.learn.model.state_dict())
     meta = json.loads((p / "run.json").read_text())
-    assert meta["format_version"] == runs.FORMAT_VERSION == 2
+    assert meta["format_version"] == runs.FORMAT_VERSION == 3
     for key in ("config", "norm", "classes", "chars", "data", "split", "history", "best", "wall_time_s", "device",
                 "versions", "n_params", "lr"):
         assert key in meta, key
@@ -77,7 +77,7 @@ def test_resume_equals_uninterrupted(kmnist, tmp_path):
 
 def test_full_split_keeps_last_epoch(kmnist, tmp_path):
     r = train(_cfg(kmnist, epochs=2, full=True), name="full", root=tmp_path, quiet=True, data=kmnist)
-    assert r.record.split.n_valid == 0 and r.record.best.epoch == 1
+    assert r.record.split.n_valid == 0 and r.record.best.epoch == 2  # counted from 1
     assert r.record.best.accuracy is None
 
 
@@ -222,7 +222,7 @@ def test_keep_decides_which_epoch_model_pth_holds(kmnist, tmp_path, keep):
     r = train(_cfg(kmnist, epochs=2, keep=keep), name=keep, root=tmp_path, quiet=True, data=kmnist, cbs=[Sabotage()])
     accs = [h["accuracy"] for h in r.record.history]
     assert accs[0] > 0.25 and accs[1] < 0.2  # learned, then chance
-    assert r.record.best.epoch == (0 if keep == "best" else 1) and r.record.best.accuracy == accs[r.record.best.epoch]
+    assert r.record.best.epoch == (1 if keep == "best" else 2) and r.record.best.accuracy == accs[r.record.best.epoch - 1]
     saved = torch.load(r.path / "model.pth", weights_only=True)
     assert any(v.abs().sum() > 0 for v in saved.values()) == (keep == "best")
 
@@ -234,3 +234,23 @@ def test_mixed_precision_trains_on_cuda(kmnist, tmp_path, precision):
     r = train(_cfg(kmnist, epochs=2, precision=precision), name=precision, root=tmp_path, quiet=True, data=kmnist)
     assert r.record.device.startswith("cuda") and r.record.config.optim.precision == precision
     assert r.record.best.accuracy > 0.3 and all(h["train_loss"] is not None for h in r.record.history)
+
+
+def test_a_resume_prints_only_the_epochs_it_trains_counted_from_1(kmnist, tmp_path):
+    """fastai logs a blank row for every epoch SkipToEpoch passes over; the terminal shows the trained ones only,
+    numbered as run.json, history.csv, curves.png and the summary number them."""
+    import io
+
+    from rich.console import Console
+
+    from kmnist_fa.train.progress import RichProgress
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(kmnist, epochs=3), name="cut", root=tmp_path, quiet=True, data=kmnist, cbs=[Interrupt(0)])
+    buf = io.StringIO()
+    done = resume("cut", root=tmp_path, data=kmnist, progress=RichProgress(Console(file=buf, width=200)))
+    rows = [line.split() for line in buf.getvalue().splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [2, 3] and all(len(r) > 2 for r in rows), buf.getvalue()
+    assert [h["epoch"] for h in done.record.history] == [1, 2, 3] and 1 <= done.record.best.epoch <= 3
+    history_csv = (done.path / "history.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in history_csv[1:]] == [1, 2, 3]

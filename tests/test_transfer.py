@@ -60,7 +60,7 @@ def test_fine_tune_frozen_body_then_discriminative_lrs_and_lineage(parent12, kmn
     assert spy.lrs and all(lr[0] < lr[-1] for lr in spy.lrs)  # body LR below head LR
     assert spy.lrs[len(spy.lrs) // 2][-1] / spy.lrs[len(spy.lrs) // 2][0] == pytest.approx(100)
     rec = r.record
-    assert rec.epochs_done == rec.total_epochs == 2 and [h["epoch"] for h in rec.history] == [0, 1]
+    assert rec.epochs_done == rec.total_epochs == 2 and [h["epoch"] for h in rec.history] == [1, 2]
     p = rec.parent
     assert p.name == "toy12" and p.head == "re-created" and len(p.weights_md5) == 32
     assert p.dataset == "toy12" and "toy12" in lineage(rec)[0]
@@ -101,7 +101,7 @@ def test_fine_tune_resume_across_phases_equals_uninterrupted(parent12, kmnist, t
     a = torch.load(full.path / "model.pth", weights_only=True)
     b = torch.load(done.path / "model.pth", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["epoch"] for h in done.record.history] == [0, 1, 2]
+    assert [h["epoch"] for h in done.record.history] == [1, 2, 3]
 
 
 def test_progress_rows_count_epochs_across_phases(parent12, kmnist, tmp_path):
@@ -117,7 +117,7 @@ def test_progress_rows_count_epochs_across_phases(parent12, kmnist, tmp_path):
                       data=str(kmnist.root))
     res = train(cfg, root=tmp_path, progress=RichProgress(Console(file=buf, width=200)))
     rows = [line.split() for line in buf.getvalue().splitlines() if line.strip()[:1].isdigit()]
-    assert [int(r[0]) for r in rows] == [h["epoch"] for h in res.record.history] == [0, 1, 2]
+    assert [int(r[0]) for r in rows] == [h["epoch"] for h in res.record.history] == [1, 2, 3]
 
 
 class LRLog(Callback):

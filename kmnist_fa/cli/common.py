@@ -18,6 +18,18 @@ from ..core.errors import KmnistError
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes image files; never open a window
 
+_typer_type_column = getattr(typer.core.TyperOption, "display_type_rich", None)
+
+
+def _type_column(self, ctx):
+    """A flag takes no value, so its help row gets no type placeholder: typer's rich help would print
+    `--version <bool>` as if one were due. Its plain help already leaves flags and counts bare."""
+    return None if self.is_flag or self.count else _typer_type_column(self, ctx)
+
+
+if _typer_type_column is not None:  # a typer without the hook prints its own help, placeholders and all
+    typer.core.TyperOption.display_type_rich = _type_column  # every option of every command, typer's own included
+
 # One rule for terminal output: nothing printed is ever parsed as Rich markup. Paths, run
 # names, class names and error messages come from users and files, and "[/]" or "[copy]"
 # in one must print as itself; styling is applied with `note()` / Text objects instead.
@@ -149,9 +161,16 @@ def training_options(fn):
 
 @contextlib.contextmanager
 def interrupt_note(how: str):
-    """Ctrl-C: one line saying how to continue, exit code 130 (the shell's convention for SIGINT)."""
+    """Ctrl-C or SIGTERM: one line saying how to continue; exit 130 or 143 (the shell's 128 + signal number)."""
+    import signal
+
+    from ..core.interrupts import Terminated, sigterm_interrupts
+
     try:
-        yield
-    except KeyboardInterrupt:
-        err.print(f"interrupted: continue with `{how}`", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        with sigterm_interrupts():
+            yield
+    except KeyboardInterrupt as e:
+        code = 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        err.print(f"{'terminated' if code == 143 else 'interrupted'}: continue with `{how}`", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(code) from None

@@ -16,7 +16,7 @@ def data_info(name: Optional[str] = typer.Argument(None, help="Named dataset (de
               data: Optional[Path] = DataOpt, as_json: bool = JsonOpt):
     """Files, counts, per-class counts, MD5 status and pixel statistics."""
     from ..data.datasets import load_dataset
-    from ..data.pipeline import image_stats
+    from ..data.stats import image_stats
 
     d = load_dataset(name, data)
     if as_json:

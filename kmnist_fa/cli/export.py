@@ -27,10 +27,16 @@ def export_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", help
     except ImportError as e:
         raise OptionError(f'export needs the export extra: pip install "kmnist-fa[export]" ({e.name} missing)') from None
     from ..infer.predict import load_run
+    from ..runs.paths import reference_default, run_path
 
     if push_to and fmt != "hub":
         raise OptionError("--push uploads a hub folder: add --format hub")
-    members = [load_run(r, models_dir, cpu=True) for r in run_names]
+    # the shipped default travels with the TTA settings it was chosen with (reference/default.json), which
+    # the ONNX runtime then predicts with; any other runs carry the toolkit's
+    paths = [run_path(r, models_dir).resolve() for r in run_names]
+    ref = reference_default()
+    tta = ref["tta"] if sorted(paths) == sorted(p.resolve() for p in ref["paths"]) else None
+    members = [load_run(p, cpu=True, tta=tta) for p in paths]
     path = export(members, out_file, fmt)
     out.print(f"wrote {path} ({fmt}, {len(members)} run(s): {', '.join(m.name for m in members)})")
     if push_to:

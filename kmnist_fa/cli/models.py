@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from shlex import quote
 from typing import Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import JsonOpt, ModelsDirOpt, friendly, models_app, print_json, show
+from .common import JsonOpt, ModelsDirOpt, friendly, models_app, out, print_json, show
 
 
 @models_app.callback()
@@ -16,7 +17,8 @@ from .common import JsonOpt, ModelsDirOpt, friendly, models_app, print_json, sho
 def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
                 as_json: bool = JsonOpt):
     """List saved runs, then the reference runs shipped with kmnist-fa (`reference/NAME`): name, arch,
-    epochs, valid accuracy, status, date. A run whose run.json does not load is listed as unreadable."""
+    epochs, valid accuracy, status, date. A run whose run.json does not load is listed as unreadable; an
+    unfinished one that no process is training any more as interrupted, with the command that resumes it."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = models_dir
         return
@@ -34,13 +36,16 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
     def address(r) -> str:  # what `models show`, `predict -m` ... accept
         return REFERENCE_PREFIX + r.path.name if is_ref(r) else str(r.path.relative_to(base))
 
+    resume = {id(r): resume_hint(r, address(r), models_dir) for r in rows
+              if not isinstance(r, Unreadable) and not is_ref(r)}
     if as_json:
         print_json([
             {"name": address(r), "path": str(r.path), "status": "unreadable", "error": r.reason}
             if isinstance(r, Unreadable) else
-            {"name": address(r), "path": str(r.path), "arch": r.arch, "status": r.status, "epochs_done": r.epochs_done,
+            {"name": address(r), "path": str(r.path), "arch": r.arch,
+             "status": "interrupted" if resume.get(id(r)) else r.status, "epochs_done": r.epochs_done,
              "total_epochs": r.total_epochs, "best": vars(r.best) if r.best else None, "created": r.created,
-             "reference": is_ref(r)}
+             "reference": is_ref(r), **({"resume": resume[id(r)]} if resume.get(id(r)) else {})}
             for r in rows])
         return
     t = Table(title=f"runs in {mdir(models_dir)}")
@@ -51,22 +56,44 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
             t.add_row(address(r), "", "", "", "", Text(f"unreadable: {r.reason}", style="red"), "")
             continue
         acc = r.best.accuracy if r.best else None
+        status = "reference" if is_ref(r) else "interrupted" if resume[id(r)] else r.status
         t.add_row(address(r), r.arch, f"{r.epochs_done}/{r.total_epochs}", "-" if acc is None else f"{acc:.4f}",
-                  r.split_kind, "reference" if is_ref(r) else r.status, r.created[:16].replace("T", " "))
+                  r.split_kind, status, r.created[:16].replace("T", " "))
     show(t)
+    for r in rows:
+        if resume.get(id(r)):
+            out.print(f"{address(r)}: interrupted; continue with `{resume[id(r)]}`", highlight=False)
+
+
+def resume_hint(rec, name: str, models_dir: Path | None) -> str | None:
+    """The command that resumes `rec` when it is unfinished and its writer is gone, else None.
+
+    run.json says `running` from the first epoch until the last, and a killed trainer
+    cannot change it; the run lock, which dies with its holder, tells the two apart.
+    Where the lock cannot be probed, the run keeps the status its record gives.
+    """
+    from ..runs.store import writer_alive
+
+    if rec.complete or writer_alive(rec.path) is not False:
+        return None
+    return f"kmnist-fa train --resume {quote(name)}" + (f" --models-dir {quote(str(models_dir))}" if models_dir else "")
 
 
 @models_app.command("show")
 @friendly
 def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run name or folder."),
-                as_json: bool = typer.Option(False, "--json", help="Print run.json (in the current format).")):
-    """One run's options, data, split and metrics."""
+                as_json: bool = typer.Option(False, "--json", help="Print run.json (in the current format; "
+                                             "`status` says interrupted for an unfinished run no process trains).")):
+    """One run's data, split, metrics and the options that shaped it (unset ones and those of unused features
+    are left out; `--json` has them all)."""
+    from ..config.shown import shown_options
     from ..runs.paths import run_path
     from ..runs.record import RunRecord, lineage
 
     rec = RunRecord.read(run_path(name, ctx.obj))
+    resume = resume_hint(rec, name, ctx.obj)
     if as_json:
-        print_json(rec.to_json())
+        print_json({**rec.to_json(), **({"status": "interrupted", "resume": resume} if resume else {})})
         return
     t = Table(title=f"run {rec.name}", show_header=False)
     t.add_column("key", style="bold")
@@ -74,14 +101,15 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
     b, s = rec.best, rec.config.split
     rows = [
         ("arch", f"{rec.arch} ({rec.n_params:,} parameters)"),
-        ("status", f"{rec.status}, {rec.epochs_done}/{rec.total_epochs} epochs, {rec.wall_time_s:.0f}s on {rec.device}"),
+        ("status", f"{'interrupted' if resume else rec.status}, {rec.epochs_done}/{rec.total_epochs} epochs, "
+                   f"{rec.wall_time_s:.0f}s on {rec.device}" + (f"; continue with `{resume}`" if resume else "")),
         ("data", f"{rec.data.name} ({rec.data.root})"),
         ("split", f"{s.kind}: {rec.split.n_train:,} train / {rec.split.n_valid:,} valid, seed {s.seed}"),
         ("lr", f"{rec.lr:.3g} ({rec.lr_source})"),
-        ("best", "-" if b is None else f"epoch {b.epoch + 1}: accuracy "
-                 f"{'-' if b.accuracy is None else round(b.accuracy, 4)}, valid loss {b.valid_loss}"),
+        ("best", "-" if b is None else f"epoch {b.epoch}" + ("" if b.accuracy is None else
+                 f": accuracy {round(b.accuracy, 4)}, valid loss {b.valid_loss}")),
         ("normalisation", f"mean {rec.norm.mean:.4f}, std {rec.norm.std:.4f}"),
-        ("versions", ", ".join(f"{k} {v}" for k, v in rec.versions.items())),
+        ("versions", ", ".join(f"{k} {v}" for k, v in rec.versions.items() if v is not None)),
     ]
     p = rec.extra.get("pseudo")  # untrusted like all of run.json: shown as bounded text
     if isinstance(p, dict):
@@ -97,7 +125,7 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
         rows.append(("distillation", f"soft targets of {names[:200]} (weight {str(d.get('weight'))[:12]}, "
                                      f"temperature {str(d.get('temp'))[:12]})"))
     rows += [("lineage", " <- ".join([rec.name, *lineage(rec)]))] if rec.parent else []
-    rows += [(f"option {k}", str(v)) for k, v in rec.config.flat().items()]
+    rows += [(f"option {k}", str(v)) for k, v in shown_options(rec.config).items()]
     for k, v in rows:
         t.add_row(k, v)
     show(t)

@@ -9,6 +9,15 @@ from rich.table import Table
 
 from ..config.options import TTA_N, TtaSettings
 from ..core.errors import OptionError
+from ..core.predictions import (
+    TABLE_COLUMNS,
+    describe,
+    prediction_rows,
+    table_rows,
+    used,
+    write_probs,
+    write_submission,
+)
 from .common import (
     CpuOpt,
     DataOpt,
@@ -44,18 +53,12 @@ def load_members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list,
     return [load_run(p, cpu=cpu, tta=ref["tta"]) for p in ref["paths"]], ref["tta"]
 
 
-def _class_table(ids, probs, members, limit: int = 40) -> Table:
-    classes, chars = members[0].classes, members[0].chars
-    t = Table(title=f"predictions ({len(ids):,} images)")
-    for c in ("Id", "class", "char", "name", "prob", "2nd"):
+def _class_table(ids, probs, classes, chars, what: str) -> Table:
+    t = Table(title=f"predictions ({len(ids):,} images; {what})")
+    for c in TABLE_COLUMNS:
         t.add_column(c, justify="right" if c in ("class", "prob") else "left")
-    top2 = probs.topk(min(2, probs.shape[1]), dim=1)
-    for i, (rid, vals, idx) in enumerate(zip(ids, top2.values.tolist(), top2.indices.tolist())):
-        if i == limit:
-            t.add_row(f"... {len(ids) - limit:,} more (use --out)", "", "", "", "", "")
-            break
-        second = f"{classes[idx[1]]} {vals[1]:.1%}" if len(idx) > 1 else ""
-        t.add_row(rid, str(idx[0]), chars[idx[0]] if chars else "", classes[idx[0]], f"{vals[0]:.1%}", second)
+    for row in table_rows(ids, probs, classes, chars):
+        t.add_row(*row)
     return t
 
 
@@ -64,7 +67,8 @@ def _class_table(ids, probs, members, limit: int = 40) -> Table:
 def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format images file (idx/npz), dataset name or "
                                                    "folder (its test split), folder of images, or image files."),
                 model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Run name or folder; repeat "
-                                                          "for an ensemble (default: the shipped reference default, reference/default.json)."),
+                                                          "for an ensemble (default: the shipped reference default, reference/default.json). "
+                                                          "An ONNX file from `kmnist-fa export` predicts alone, without torch, with its run's TTA settings."),
                 tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: Optional[str] = DefaultMethodOpt, seed: int = SeedOpt,
                 invert: str = typer.Option("auto", "--invert", help="Image files: invert dark-on-light drawings "
                                            "(auto: decide from the border; yes; no)."),
@@ -73,56 +77,49 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
                 probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write per-class probabilities."),
                 models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt, as_json: bool = JsonOpt,
                 cpu: bool = CpuOpt):
-    """Predict classes for images; several --model runs are ensembled. Writes Id,Category CSVs."""
-    import torch
-
+    """Predict classes for images; several --model runs are ensembled. Writes Id,Category CSVs; says which runs,
+    TTA settings and seed it used (table title, --json)."""
     from ..data.images import collect_inputs
-    from ..infer.ensemble import (
-        check_members,
-        combine,
-        member_probs,
-        write_probs,
-        write_submission,
-    )
+    from ..infer.runtime import OnnxClassifier, onnx_model, override
 
-    onnx = [m for m in model or [] if m.endswith(".onnx")]
-    if onnx and len(model) > 1:
-        raise OptionError("--model FILE.onnx: predicts alone (export several runs into one graph with "
-                          "`kmnist-fa export RUN RUN`)")
+    onnx = onnx_model(model)
+    if onnx and method is not None:
+        raise OptionError("--method: an ONNX file's runs are averaged inside its graph (`kmnist-fa export`); "
+                          "for a vote, predict with the runs themselves")
     if onnx:
-        from ..infer.runtime import OnnxClassifier
-
-        members, use_tta, tta_n = [OnnxClassifier(onnx[0])], bool(tta), tta_n or TTA_N
-        classes = members[0].classes
+        clf = OnnxClassifier(onnx)
+        settings = clf.settings(tta, tta_n)
+        classes, chars, names = clf.classes, clf.chars, [m["name"] for m in clf.members]
     else:
+        from ..infer.ensemble import check_members
+
         members, settings = load_members(model, models_dir, cpu)
-        classes = check_members(members)
-        use_tta = tta if tta is not None else settings.on
-        tta_n, method = tta_n or settings.n, method or settings.method
+        classes, chars, names = check_members(members), members[0].chars, [m.name for m in members]
+        settings = override(settings, tta, tta_n, method)
     got = collect_inputs(inputs, invert)
     for e in got.errors:
         err.print(note("warning:", "yellow", e), highlight=False, soft_wrap=True)
     if len(got.images) == 0:
         raise OptionError("INPUT: no readable images")
     if onnx:
-        probs = torch.from_numpy(members[0].predict_probs(got.images, tta_n=tta_n if use_tta else 0, seed=seed))
+        probs = clf.predict_probs(got.images, tta=settings.on, n=settings.n, seed=seed)
     else:
-        total = len(members) * len(got.images) * ((tta_n + 1) if use_tta else 1)
+        from ..infer.ensemble import combine, member_probs
+
+        total = len(members) * len(got.images) * ((settings.n + 1) if settings.on else 1)
         with inference_progress(members, quiet, total):
-            probs = combine(member_probs(members, got.images, use_tta, tta_n, seed), method, seed)
+            probs = combine(member_probs(members, got.images, settings.on, settings.n, seed), settings.method, seed)
+    u = used(names, settings.on, settings.n, settings.beta, settings.method, seed, clf.name if onnx else None)
     if out_csv:
         write_submission(out_csv, got.ids, probs)
-        out.print(f"wrote {out_csv} ({len(got.ids):,} rows, {len(members)} model(s), "
-                  f"{'TTA' if use_tta else 'no TTA'})")
+        out.print(f"wrote {out_csv} ({len(got.ids):,} rows; {describe(u)})")
     if probs_csv:
         write_probs(probs_csv, got.ids, probs, classes)
         out.print(f"wrote {probs_csv}")
     if as_json:
-        chars = members[0].chars
-        print_json([{"id": i, "class": int(c), "name": classes[c], "char": chars[c] if chars else None,
-                     "prob": round(float(p[c]), 6)} for i, p, c in zip(got.ids, probs, probs.argmax(1).tolist())])
+        print_json({"used": u, "rows": prediction_rows(got.ids, probs, classes, chars)})
     elif not out_csv and not probs_csv:
-        show(_class_table(got.ids, probs, members))
+        show(_class_table(got.ids, probs, classes, chars, describe(u)))
     if got.errors:
         raise typer.Exit(1)
 
@@ -144,12 +141,7 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
                  cpu: bool = CpuOpt):
     """Combine runs (mean or vote, optional TTA): per-member accuracy and agreement, submission CSV."""
     from ..data.images import collect_inputs
-    from ..infer.ensemble import (
-        analyse,
-        disagreement_heatmap,
-        write_probs,
-        write_submission,
-    )
+    from ..infer.ensemble import analyse, disagreement_heatmap
     from ..infer.predict import load_run, run_data
 
     members = [load_run(r, models_dir, cpu=cpu) for r in run_names]

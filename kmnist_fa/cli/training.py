@@ -27,10 +27,10 @@ from .common import (
 @app.command("archs")
 def archs(as_json: bool = JsonOpt):
     """List the registered architectures with their parameter counts."""
-    from ..models.registry import ARCHS, n_params
+    from ..models.registry import ARCHS
 
     if as_json:
-        print_json([{"name": a.name, "params": n_params(a.build()), "default_bn": a.default_bn,
+        print_json([{"name": a.name, "params": a.param_count(), "default_bn": a.default_bn,
                      "default_dropout": a.default_dropout, "description": a.description} for a in ARCHS.values()])
         return
 
@@ -38,7 +38,7 @@ def archs(as_json: bool = JsonOpt):
     for c in ("name", "params", "default bn", "default dropout", "description"):
         t.add_column(c, justify="right" if c == "params" else "left")
     for a in ARCHS.values():
-        t.add_row(a.name, f"{n_params(a.build()):,}", str(a.default_bn), str(a.default_dropout), a.description)
+        t.add_row(a.name, f"{a.param_count():,}", str(a.default_bn), str(a.default_dropout), a.description)
     show(t)
 
 
@@ -88,8 +88,16 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     acc = rec.best.accuracy if rec.best else None
     out.print(f"run {rec.name}: {rec.epochs_done} epochs in {rec.wall_time_s:.0f}s; "
               + (f"{'last' if rec.config.keep == 'last' else 'best'} valid accuracy {acc:.4f} at epoch "
-                 f"{rec.best.epoch + 1}" if acc is not None
+                 f"{rec.best.epoch}" if acc is not None
                  else "no validation split (--full)") + f" -> {res.path}", highlight=False)
+    if not quiet:
+        from shlex import quote
+
+        run = quote(rec.name) + (f" --models-dir {quote(str(models_dir))}" if models_dir else "")
+        steps = [f"kmnist-fa predict IMAGES... --model {run}   (image files, folders or an MNIST-format file)"]
+        if acc is not None:  # interpretation reads the validation split
+            steps.append(f"kmnist-fa interpret {run}   (confusion matrix, top losses, report.html)")
+        err.print("next: " + "\n      ".join(steps), highlight=False, soft_wrap=True)
 
 
 def _progress(quiet: bool):
@@ -100,7 +108,7 @@ def _progress(quiet: bool):
 
 @app.command("recipes")
 def recipes_cmd(as_json: bool = JsonOpt):
-    """List training recipes: the report's table rows and each architecture's default."""
+    """List training recipes: report-* (the report's table rows), default-ARCH (per architecture), fast (VGG5)."""
     from ..config.recipes import list_recipes
 
     if as_json:

@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ..core.errors import OptionError
+from ..core.errors import KmnistError, OptionError
 from .options import OPTIONS, RECIPE_KEYS, TrainConfig
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: kmnist_fa/recipes/*.toml
@@ -68,3 +68,16 @@ def resolve_config(arch: str | None, recipe: str | None, overrides: dict) -> tup
         raise OptionError("ARCH is required (see `kmnist-fa archs`), or a --recipe that names one")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.build(extra={"recipe": recipe}, **values), recipe
+
+
+def lr_source(cfg: TrainConfig) -> str:
+    """Where a config's fixed learning rate came from, as run.json and model cards name it: its recipe when the
+    recipe sets that value, else the option (typed, or chosen by a sweep or tune)."""
+    recipe = cfg.extra.get("recipe")
+    if recipe:
+        try:
+            if load_recipe(recipe).get("lr") == cfg.optim.lr:
+                return f"recipe {recipe}"
+        except KmnistError:  # a recipe file moved or changed since
+            pass
+    return "--lr"

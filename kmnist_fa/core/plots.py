@@ -1,4 +1,4 @@
-"""Matplotlib helpers: a Japanese font for hiragana labels, and labelled image grids.
+"""Matplotlib helpers: a Japanese font for hiragana labels, labelled image grids, the lr_find curve.
 
 Matplotlib's default DejaVu font has no kana and draws tofu boxes. The
 `matplotlib-fontja` package bundles IPAexGothic, so plots show お き す ... with no
@@ -40,6 +40,16 @@ def japanese_font() -> bool:
         return True
     warnings.warn("no Japanese font found (pip install matplotlib-fontja); plots label classes in romaji")
     return False
+
+
+def kana_font_file() -> Path | None:
+    """IPAexGothic as matplotlib-fontja ships it, for pages that must draw kana without a system Japanese font
+    (the web demo serves it); None where the package or its font file is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib_fontja")
+    f = Path(spec.origin).parent / "fonts" / "ipaexg.ttf" if spec and spec.origin else None
+    return f if f is not None and f.is_file() else None
 
 
 def class_labels(classes: Sequence[str], chars: Sequence[str] | None) -> list[str]:
@@ -105,5 +115,28 @@ def plot_confusion_matrix(cm: np.ndarray, labels: list[str]):
                 for j in range(k):
                     ax.text(j, i, fmt.format(mat[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if mat[i, j] > thresh else "black")
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float], lowest: float):
+    """The lr_find curve with each suggestion marked at the learning rate the table prints, under the same
+    name and value: fastai marks `minimum` at the lowest loss but suggests a tenth of that learning rate,
+    so its plot and its suggestion disagreed by 10x. The lowest loss gets a marker of its own."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses, color="0.35")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.set_title("lr_find: minimum = lr at lowest loss / 10")
+
+    def loss_at(lr: float) -> float:
+        return float(np.interp(np.log10(lr), np.log10(lrs), losses))
+
+    for name, lr in suggestions.items():
+        ax.plot(lr, loss_at(lr), "o", label=f"{name} {lr:.2e}")
+    ax.plot(lowest, loss_at(lowest), "kx", label=f"lowest loss at {lowest:.2e}")
+    ax.legend(loc="best")
     fig.tight_layout()
     return fig

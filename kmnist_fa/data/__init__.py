@@ -1,3 +1,3 @@
-"""Data: datasets on disk and their downloads (`datasets`), splits, the fastai DataBlock pipeline
-(`pipeline`), and input images for prediction (`images`).
+"""Data: datasets on disk and their downloads (`datasets`), splits, pixel statistics (`stats`), the
+fastai DataBlock pipeline (`pipeline`), and input images for prediction (`images`).
 """

@@ -20,7 +20,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from fastcore.xtras import Config
 
 from ..core.atomic import atomic_path
 from ..core.errors import DataError
@@ -155,6 +154,10 @@ def fastai_data_dir() -> Path:
     """fastai's data folder (`fastai.data.external.fastai_path("data")`: ~/.fastai/data unless FASTAI_HOME or
     its config.ini say otherwise), read with fastcore's `Config` as fastai does, so that finding a dataset
     loads neither fastai nor torch."""
+    try:  # here, not at the top: the torch-free runtime reads images without fastcore
+        from fastcore.xtras import Config
+    except ImportError:  # there, fastai's default place
+        return Path(os.getenv("FASTAI_HOME", "~/.fastai")).expanduser() / "data"
     cfg = Config(Path(os.getenv("FASTAI_HOME", "~/.fastai")), "config.ini",
                  create=dict(data="data", archive="archive", storage="tmp", model="models"))
     return Path(cfg.path("data"))

@@ -39,6 +39,7 @@ from ..core.speedups import no_subclass_dispatch
 from .datasets import MnistData
 from .images import image_array
 from .splits import split_indices
+from .stats import image_stats
 
 
 class ArrayImage(Transform):
@@ -271,26 +272,6 @@ class MnistDataLoaders(DataLoaders):
         new = super().new_empty()
         new.info = self.info
         return new
-
-
-def image_stats(images: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
-    """Mean and std of uint8 pixel values scaled to [0, 1], from exact integer sums.
-
-    Summed a chunk at a time in int64 and combined as Python integers, so the result
-    is exact up to the final division for any number of images, without the float64
-    copy of the whole array (376 MB for 60,000 images, and std wants a second one).
-    """
-    if images.size == 0:
-        raise DataError("no images to compute normalisation statistics from")
-    n, total, squares = images.size, 0, 0
-    for i in range(0, len(images), chunk):
-        c = images[i:i + chunk].astype(np.int64)
-        total, squares = total + int(c.sum()), squares + int((c * c).sum())
-    var = (squares * n - total * total) / (n * n * 255 * 255)
-    if var <= 0:  # normalising would divide by zero and turn every prediction into NaN
-        raise DataError(f"all {len(images):,} training images have the same pixel value everywhere; "
-                        "nothing to learn or normalise")
-    return total / (n * 255), math.sqrt(var)
 
 
 def batch_tfms(mean: float, std: float, aug: str = "none", erase: float = 0.0) -> list:

@@ -1,4 +1,4 @@
-"""Ensembles of runs: combining probabilities, agreement analysis, submission CSVs.
+"""Ensembles of runs: combining probabilities and agreement analysis (their CSVs: `core.predictions`).
 
 `mean` averages the members' probability distributions (the report's pdf
 averaging); `vote` takes the majority class with ties broken at random by a seeded
@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from ..config.options import ENSEMBLE_METHODS, TTA_N
-from ..core.atomic import csv_text, write_text
 from ..core.errors import OptionError
 from ..core.plots import plt, save_fig
+from ..core.predictions import write_probs as write_probs  # re-exported: the notebooks import them from here
+from ..core.predictions import write_submission as write_submission
 from .predict import TTA_SEED, predict_probs, validation_set
 
 METHODS = ENSEMBLE_METHODS
@@ -51,25 +52,6 @@ def agreement(preds: Sequence[torch.Tensor]) -> np.ndarray:
         for j in range(k):
             out[i, j] = float((cls[i] != cls[j]).float().mean()) if len(cls[i]) else 0.0
     return out
-
-
-def submission_csv(ids: Sequence[str], classes: torch.Tensor) -> str:
-    """Kaggle `Id,Category` text: header, one row per input in order, LF line ends."""
-    return csv_text([{"Id": i, "Category": int(c)} for i, c in zip(ids, classes)], ["Id", "Category"])
-
-
-def probs_csv(ids: Sequence[str], probs: torch.Tensor, class_names: Sequence[str]) -> str:
-    cols = ["Id", "Category", *class_names]
-    return csv_text([dict(zip(cols, [i, int(np.argmax(row)), *(f"{p:.6f}" for p in row)]))
-                     for i, row in zip(ids, probs.tolist())], cols)
-
-
-def write_submission(path: str | Path, ids, probs: torch.Tensor) -> Path:
-    return write_text(path, submission_csv(ids, probs.argmax(1)))
-
-
-def write_probs(path: str | Path, ids, probs: torch.Tensor, class_names) -> Path:
-    return write_text(path, probs_csv(ids, probs, class_names))
 
 
 # --------------------------------------------------------------------------- members

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config.shown import shown_options
 from ..core.atomic import write_json, write_text, write_with
 from ..core.errors import OptionError
 from ..data.datasets import md5sum
@@ -145,9 +146,9 @@ def model_card(run: LoadedRun) -> str:
     if s.full or b is None or b.accuracy is None:
         metric = "No validation accuracy: the run trained on every labelled image (`--full`)."
     else:
-        metric = (f"Validation accuracy {b.accuracy:.4f} at epoch {b.epoch + 1} of {rec.epochs_done}, on the run's "
+        metric = (f"Validation accuracy {b.accuracy:.4f} at epoch {b.epoch} of {rec.epochs_done}, on the run's "
                   f"own {s.describe()} split of {rec.split.n_valid:,} labelled images (no TTA).")
-    options = "\n".join(f"| `{k}` | `{v}` |" for k, v in rec.config.flat().items() if v is not None)
+    options = "\n".join(f"| `{k}` | `{v}` |" for k, v in shown_options(rec.config).items())
     classes = ", ".join(rec.label(i) for i in range(len(rec.classes)))
     return f"""---
 license: {"cc-by-sa-4.0" if kuzushiji else "other"}
@@ -172,7 +173,8 @@ and std {rec.norm.std:.6f} of pixel values scaled to [0, 1].
 ## Training
 
 {rec.split.n_train:,} images of `{rec.data.name}` (data fingerprint `{rec.data.fingerprint}`), {rec.epochs_done} epochs,
-learning rate {rec.lr:.3g} ({rec.lr_source}), {rec.wall_time_s:.0f} s on {rec.device}.
+learning rate {rec.lr:.3g} ({rec.lr_source}), {rec.wall_time_s:.0f} s on {rec.device}. The options that shaped the
+run (`config.json` holds them all under `run.config`):
 
 | option | value |
 |---|---|

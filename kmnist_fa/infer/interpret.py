@@ -17,6 +17,7 @@ import torch
 from fastai.interpret import ClassificationInterpretation
 
 from ..config.options import TTA_N
+from ..config.shown import shown_options
 from ..core.atomic import write_csv, write_text
 from ..core.errors import DataError, OptionError
 from ..core.plots import class_labels, image_grid, plot_confusion_matrix, save_fig
@@ -142,7 +143,7 @@ def write_report(out_dir: Path, run: LoadedRun, interp: CachedInterpretation, sp
                  notes: list[str], images: dict[str, Path], most: list[dict], per_class: list[dict]) -> Path:
     """One self-contained HTML page: options, curves, metrics, confusion, top losses (images inlined)."""
     rec = run.record
-    opts = [{"option": k, "value": v} for k, v in rec.config.flat().items()]
+    opts = [{"option": k, "value": v} for k, v in shown_options(rec.config).items()]
     macro_f1 = float(np.mean([r["f1"] for r in per_class]))
     pics = "".join(f"<h2>{html.escape(t)}</h2><img src='{_png_data_uri(p)}' alt='{html.escape(t)}'>"
                    for t, p in images.items())
@@ -154,12 +155,14 @@ th{{background:#eee}}img{{max-width:100%}}.note{{color:#a40}}</style></head><bod
 <h1>Run {html.escape(rec.name)}: {html.escape(rec.arch)}</h1>
 <p>{html.escape(split)} split of {html.escape(rec.data.name)}, {len(interp.targs):,} images{', with TTA' if tta else ''}:
 <b>accuracy {interp.accuracy:.4f}</b>, macro-F1 {macro_f1:.4f}, {int((interp.decoded != interp.targs).sum())} errors.
-Trained {rec.epochs_done} epochs in {rec.wall_time_s:.0f}s on {html.escape(rec.device)}.</p>
+Trained {rec.epochs_done} epochs in {rec.wall_time_s:.0f}s on {html.escape(rec.device)}, learning rate {rec.lr:.3g}
+({html.escape(rec.lr_source)}).</p>
 {''.join(f'<p class="note">note: {html.escape(n)}</p>' for n in notes)}
 {pics}
 <h2>Most confused (actual → predicted)</h2>{_table(most, ['actual', 'predicted', 'count'])}
 <h2>Per class</h2>{_table(per_class, ['class', 'name', 'precision', 'recall', 'f1', 'support'])}
-<h2>Options</h2>{_table(opts, ['option', 'value'])}
+<h2>Options</h2><p>Those that shaped the run: unset ones and those of features it did not use are left out
+(run.json has them all).</p>{_table(opts, ['option', 'value'])}
 <h2>History</h2>{_table(rec.history, list((rec.history or [{}])[0].keys()))}
 </body></html>
 """

@@ -8,6 +8,8 @@ project's `ArrayDL`, built from the run's own transforms (`array_dl`) rather tha
 """
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +20,14 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.torch_core import no_random
+from fastai.vision.augment import RandTransform
 from fastcore.basics import noop
+from fasttransform import Pipeline, Transform
 
 from .. import runs
 from ..config.options import TTA_N, SplitSpec, TtaSettings
 from ..core.errors import DataError, RunError
+from ..core.predictions import image_seed
 from ..data.datasets import MnistData, load_dataset
 from ..data.pipeline import array_dl, default_device, inference_dls
 from ..data.splits import split_indices
@@ -122,10 +127,64 @@ def tta_parts(run: LoadedRun, images: np.ndarray, n: int = TTA_N, labels=None, s
     if n < 1:
         raise DataError(f"--tta-n must be at least 1, got {n}")
     dl = array_dl(run.learn.dls, images, labels)
+    dl.after_batch.fs = [PerImageDraws(dl.after_batch.fs, seed, lambda: run.learn.epoch)]  # tta sets the pass no.
     with no_random(seed, reproducible=False):  # the caller's random streams are put back after
         (aug, clean), _ = run.learn.tta(dl=dl, n=n, beta=None)
     aug, clean = aug.float().cpu(), clean.float().cpu()
     return clean, aug, torch.lerp(aug, clean, run.tta.beta)
+
+
+class PerImageDraws(Transform):
+    """A batch's transforms for TTA, whose random draws are made image by image, each from a seed of its own.
+
+    fastai draws a batch's augmentations from one random stream, so an image's TTA
+    probabilities would depend on which images share its batch and where it sits: the
+    same PNG predicted alone or beside others would differ. Seeding each image from
+    (seed, pass, its pixels) makes its result a function of the image and the seed alone.
+    Only the draws go image by image: each random transform's `before_call` (fastai's
+    hook that draws a batch's parameters) runs on every image, the per-image parameters
+    it leaves (tensors with the batch as first dimension) are stacked, and the transform
+    is applied to the batch as one (benchmarks/tta_draws.py measures the cost).
+    """
+
+    def __init__(self, tfms, seed: int, pass_no: Callable[[], int]):
+        super().__init__()
+        self.tfms, self.seed, self.pass_no = Pipeline(tfms).fs, seed, pass_no  # Pipeline sorts them by order
+
+    def __call__(self, b, split_idx=None, **kwargs):
+        for t in self.tfms:
+            b = self._per_image(t, b) if split_idx == 0 and isinstance(t, RandTransform) else t(b, split_idx=split_idx)
+        return b
+
+    def _per_image(self, t: RandTransform, b):
+        x = b[0] if isinstance(b, tuple) else b
+        pixels = x.detach().cpu().numpy()  # one copy per batch
+        holders = [t, *getattr(t, "fs", ()), *getattr(t, "coord_fs", ())]  # where fastai keeps what it drew
+        plain, drawn = x.as_subclass(torch.Tensor), []  # draws need no fastai types, and are faster without
+        for i, p in enumerate(pixels):
+            seed_draws(image_seed(self.seed, self.pass_no(), p.tobytes()), x.device)
+            t.before_call(plain[i:i + 1], split_idx=0)
+            if not t.do:  # skipped for this image alone (p < 1): the batch cannot share one decision
+                raise DataError(f"TTA: {type(t).__name__} with p < 1 cannot draw per image")
+            drawn.append([{k: v for k, v in vars(h).items() if torch.is_tensor(v) and v.ndim and len(v) == 1}
+                          for h in holders])
+        for h, states in zip(holders, zip(*drawn)):
+            for k in states[0]:
+                setattr(h, k, torch.cat([s[k] for s in states]))
+        return Transform.__call__(t, b, split_idx=0)  # RandTransform's own __call__ would draw again
+
+
+def seed_draws(seed: int, device: torch.device) -> None:
+    """Seed every stream fastai's augmentations draw from (random, numpy, torch on `device`).
+
+    fastai's `set_seed` does the same, but `torch.manual_seed` also queues a CUDA seeding
+    that records a stack trace on machines without an initialised GPU: 0.5 ms a call,
+    which per-image TTA would pay thousands of times.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    gen = torch.cuda.default_generators[device.index or 0] if device.type == "cuda" else torch.default_generator
+    gen.manual_seed(seed)
 
 
 def run_data(run: LoadedRun, data: str | Path | None = None, dataset: str | None = None) -> MnistData:

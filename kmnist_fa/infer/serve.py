@@ -1,7 +1,9 @@
 """`kmnist-fa serve`: draw a character in the browser, see the model's top 3.
 
-A small Starlette app with one self-contained page (inline CSS and JS: no CDN, no
-fonts, no analytics, so it works with no network). Drawings and uploads go through
+A small Starlette app with one self-contained page (inline CSS and JS, and the kana font
+the package already installs for its plots served by the app itself: no CDN, no
+analytics, so it works with no network, and the kana are no tofu boxes on a machine
+without a Japanese font). Drawings and uploads go through
 exactly the preprocessing of `kmnist-fa predict` (`data.images.decode_image`: grayscale,
 inversion of dark-on-light, framing to 28x28), and the page shows the 28x28 image
 the model actually saw. Needs the `demo` extra: `pip install -e ".[demo]"`.
@@ -10,11 +12,12 @@ Hostile input stays harmless: bodies are read at most `MAX_BYTES` (plus one) wha
 their headers claim, decoding and prediction run in worker threads so one slow image
 never holds the event loop, run and class names (from run.json and a dataset's
 classmap) reach the page escaped or as `textContent`, and a Content-Security-Policy
-lets only the page's own nonce-tagged script run.
+lets only the page's own nonce-tagged script run and only the app's own font load.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import secrets
@@ -25,6 +28,7 @@ import numpy as np
 
 from ..config.options import TTA_N
 from ..core.errors import DataError
+from ..core.plots import kana_font_file
 from ..data.images import decode_image
 from .ensemble import check_members, combine, member_probs
 
@@ -61,7 +65,7 @@ def create_app(predictor: Predictor):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.routing import Route
 
     def error(status: int, msg: str) -> JSONResponse:
@@ -70,12 +74,21 @@ def create_app(predictor: Predictor):
     too_large = f"upload too large (limit {MAX_BYTES:,} bytes)"
     models = html.escape(", ".join(m.name for m in predictor.members) + (" (TTA)" if predictor.tta else ""))
 
+    font = kana_font_file()
+    # named by its content, so browsers may keep it for good: another font file gets another URL
+    font_url = f"/fonts/kana-{hashlib.md5(font.read_bytes()).hexdigest()[:12]}.ttf" if font else None
+    font_face = FONT_FACE.replace("__FONT__", font_url) if font else ""
+
     async def index(request: Request):
         nonce = secrets.token_urlsafe(16)
         csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src data:; "
-               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
-        page = PAGE.replace("__MODELS__", models).replace("__NONCE__", nonce)
+               "font-src 'self'; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+        page = PAGE.replace("__FONT_FACE__", font_face).replace("__MODELS__", models).replace("__NONCE__", nonce)
         return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"})
+
+    async def kana_font(request: Request):
+        return FileResponse(font, media_type="font/ttf", headers={
+            "Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"})
 
     async def capped_body(request: Request) -> bytes | None:
         """The body, or None once it passes MAX_BYTES (chunked uploads have no Content-Length to trust)."""
@@ -121,14 +134,22 @@ def create_app(predictor: Predictor):
         top = await run_in_threadpool(predictor, img)
         return JSONResponse({"top": top, "seen": png_data_url(img)})
 
-    return Starlette(routes=[Route("/", index), Route("/predict", predict, methods=["POST"])])
+    routes = [Route("/", index), Route("/predict", predict, methods=["POST"])]
+    return Starlette(routes=routes + ([Route(font_url, kana_font)] if font else []))
+
+
+# Only kana and kanji come from it (unicode-range): Latin text keeps the system's font, and a page with no
+# kana would not even fetch it.
+FONT_FACE = """@font-face{font-family:"kmnist-kana";src:url("__FONT__") format("truetype");font-display:swap;
+unicode-range:U+3000-30FF,U+4E00-9FFF}
+"""
 
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kmnist-fa: draw a kana</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style nonce="__NONCE__">
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:760px;color:#222}
+__FONT_FACE__body{font-family:"kmnist-kana",system-ui,sans-serif;margin:2em auto;max-width:760px;color:#222}
 .row{display:flex;gap:2em;flex-wrap:wrap}
 canvas{border:2px solid #444;border-radius:6px;touch-action:none;cursor:crosshair;background:#fff}
 button{font-size:1em;padding:.4em 1em;margin:.5em .5em 0 0}

@@ -2,11 +2,12 @@
 
 Like timm, `@register_arch` is all it takes to add one, and the CLI, `load_run` and
 the sweeps find it by name. The built-in architectures (`archs.py`) are registered here
-by the dotted path of their factory, so looking a name up, listing the registry and
-checking a config import neither torch nor fastai; the factory's module is imported
-when a model is built. Every model is an `nn.Sequential(body, head)` so one splitter
-(`archs.splitter`) serves fastai's `freeze`/`unfreeze` and discriminative learning
-rates, and transfer learning replaces `head` alone.
+by the dotted path of their factory and their recorded parameter count, so looking a
+name up, listing the registry with sizes and checking a config import neither torch
+nor fastai; the factory's module is imported when a model is built. Every model is an
+`nn.Sequential(body, head)` so one splitter (`archs.splitter`) serves fastai's
+`freeze`/`unfreeze` and discriminative learning rates, and transfer learning replaces
+`head` alone.
 """
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ class ArchSpec:
     description: str
     default_bn: bool
     default_dropout: float
+    params: int | None = None  # the default 10-class model's; recorded for the built-ins (tested): listed without torch
+
+    def param_count(self) -> int:
+        """Parameters of the default 10-class model; a callable's module has loaded torch already, so it is built."""
+        return n_params(self.build()) if self.params is None else self.params
 
     def build(self, n_classes: int = 10, bn: bool | None = None, dropout: float | None = None):
         bn = self.default_bn if bn is None else bn
@@ -51,18 +57,20 @@ def register_arch(name: str, description: str = "", bn: bool = False, dropout: f
     return deco
 
 
-def _builtin(name: str, function: str, description: str, bn: bool, dropout: float) -> None:
-    ARCHS[name] = ArchSpec(name, f"{__package__}.archs:{function}", description, bn, dropout)
+def _builtin(name: str, function: str, description: str, bn: bool, dropout: float, params: int) -> None:
+    ARCHS[name] = ArchSpec(name, f"{__package__}.archs:{function}", description, bn, dropout, params)
 
 
-_builtin("lenet5", "lenet5", "LeNet-5 (LeCun 1998) with ReLU and max-pooling, as in the report.", False, 0.0)
+_builtin("lenet5", "lenet5", "LeNet-5 (LeCun 1998) with ReLU and max-pooling, as in the report.", False, 0.0,
+         61_706)
 _builtin("alexnet5", "alexnet5", "Reduced AlexNet with 5 convs; BN after the first two (the report's best row).",
-         True, 0.5)
-_builtin("alexnet7", "alexnet7", "Reduced AlexNet with 7 convs; `bn` adds BN after every conv.", False, 0.5)
+         True, 0.5, 989_586)
+_builtin("alexnet7", "alexnet7", "Reduced AlexNet with 7 convs; `bn` adds BN after every conv.", False, 0.5,
+         1_922_690)
 _builtin("vgg5", "vgg5", "VGG-style, 5 conv-BN-ReLU (32-64-64-128-128): the `fast` recipe's net: AlexNet7's CV "
-         "accuracy in 1/16 of its CPU time.", True, 0.0)
+         "accuracy in 1/16 of its CPU time.", True, 0.0, 289_130)
 _builtin("xresnet18", "xresnet18_gray", "fastai's xresnet18 (bag-of-tricks ResNet) for 1-channel input: a modern "
-         "baseline.", True, 0.0)
+         "baseline.", True, 0.0, 11_200_298)
 
 
 def get_arch(name: str) -> ArchSpec:

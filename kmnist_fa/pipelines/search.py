@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import socket
 import statistics
 import tempfile
@@ -36,6 +37,7 @@ from .. import runs
 from ..config.options import OPTIONS, SWEEPABLE, TrainConfig, recipe_values
 from ..core.atomic import write_csv, write_text
 from ..core.errors import KmnistError, OptionError
+from ..core.interrupts import Terminated
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -516,7 +518,6 @@ def watch_parent(parent: int, every: float = 1.0, grace: float = 10.0) -> None:
     Runs in each pool worker's main thread (the pool's initializer).
     """
     import _thread
-    import signal
     import threading
 
     # interrupt_main raises KeyboardInterrupt only where Python handles SIGINT; a sweep started with SIGINT
@@ -556,13 +557,19 @@ def run_workers(spec: StudySpec, jobs: int = 1, threads: int | None = None) -> d
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=watch_parent,
                              initargs=(os.getpid(),)) as pool:
-        futs = [pool.submit(pool_work, os.getpid(), spec, threads, n_gpu, -(-jobs // max(n_gpu, 1)))
-                for _ in range(jobs)]
-        for i, f in enumerate(as_completed(futs)):
-            try:
-                outcome.update(f.result())
-            except Exception as e:
-                outcome[f"worker {i}"] = f"failed: {type(e).__name__}: {e}"
+        try:
+            futs = [pool.submit(pool_work, os.getpid(), spec, threads, n_gpu, -(-jobs // max(n_gpu, 1)))
+                    for _ in range(jobs)]
+            for i, f in enumerate(as_completed(futs)):
+                try:
+                    outcome.update(f.result())
+                except Exception as e:
+                    outcome[f"worker {i}"] = f"failed: {type(e).__name__}: {e}"
+        except Terminated:  # reached this process alone: stop the workers as Ctrl-C would, then wait for them
+            pool.shutdown(wait=False, cancel_futures=True)  # a worker not yet at its task never starts it
+            for p in mp.active_children():
+                os.kill(p.pid, signal.SIGINT)
+            raise
     return outcome
 
 

@@ -25,6 +25,7 @@ from fastai.torch_core import num_distrib, set_seed
 
 from .. import __version__, runs
 from ..config.options import TrainConfig
+from ..config.recipes import lr_source
 from ..core.errors import OptionError, RunError
 from ..data.datasets import MnistData, load_dataset
 from ..data.pipeline import MnistDataLoaders, default_device, make_dls
@@ -159,13 +160,13 @@ def _start(cfg: TrainConfig, job: _Job) -> TrainResult:
     learn = build_learner(dls, cfg, model=model, quiet=job.quiet, progress=job.progress, path=job.path)
     if t.from_run:
         learn.freeze()  # lr_find on the model as its first phase trains it
-    lr, lr_source = cfg.optim.lr, "--lr"
+    lr, source = cfg.optim.lr, lr_source(cfg) if cfg.optim.lr is not None else None
     if lr is None:
-        lr, lr_source = suggest_lrs(learn)["valley"], "lr_find valley"
+        lr, source = suggest_lrs(learn)["valley"], "lr_find valley"
         log(f"lr_find: using the valley suggestion lr={lr:.2e}")
     info = dls.info
     record = RunRecord(
-        name=job.name, config=cfg, n_params=n_params(learn.model), lr=lr, lr_source=lr_source,
+        name=job.name, config=cfg, n_params=n_params(learn.model), lr=lr, lr_source=source,
         classes=info.classes, chars=info.chars, norm=Norm(info.mean, info.std), data=DataSource(**data.provenance()),
         split=SplitSizes(len(info.train_idx), len(info.valid_idx)), total_epochs=cfg.total_epochs,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"), device=str(dls.device), versions=versions(), parent=parent)

@@ -10,8 +10,10 @@ garbage predictions or tracebacks far from the cause.
 and never unpickles code. While a run trains, `checkpoint.pth` is its commit point
 (see train/checkpoint.py); run.json, model.pth and history.csv are views of it.
 
-Format versions: 1 (kmnist-fa 0.1: a flat `config`) is migrated in memory when read;
-writes are always the current version; a run written by a newer version is refused
+Format versions: 1 (kmnist-fa 0.1: a flat `config`) and 2 (epochs counted from 0)
+are migrated in memory when read; format 3 counts epochs from 1, as the terminal,
+plots and summaries do, so `best.epoch` is the number a person reads. Writes are
+always the current version; a run written by a newer version is refused
 with a message to upgrade rather than guessed at.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..core.errors import OptionError, RunError
 from ..core.labels import class_label
 from .paths import HUB_CONFIG, NAME_RE, RUN_FILE, is_hub_folder
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MAX_RUN_JSON = 16 << 20  # far above any real run.json (a 200-epoch run is ~60 KB)
 MAX_ITEMS = 100_000  # entries in any one list of run.json
 _HEX_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -114,7 +116,7 @@ class Norm:
 class Best:
     """The epoch whose weights model.pth holds: highest valid accuracy, or the last with no validation."""
 
-    epoch: int
+    epoch: int  # counted from 1
     accuracy: float | None = None
     valid_loss: float | None = None
     train_loss: float | None = None
@@ -214,13 +216,14 @@ class RunRecord:
                f"complete, but only {self.epochs_done} of {self.total_epochs} epochs are done")
         _check(len(self.history) == self.epochs_done, "history",
                f"{len(self.history)} rows for {self.epochs_done} epochs done")
-        for i, row in enumerate(self.history):
-            _check(row.get("epoch") == i, f"history[{i}].epoch", f"must be {i}, got {row.get('epoch')}")
-            _check(len(row) <= 64 and all(len(k) <= 64 for k in row), f"history[{i}]", "too many or too long columns")
+        for i, row in enumerate(self.history, 1):
+            _check(row.get("epoch") == i, f"history[{i - 1}].epoch", f"must be {i}, got {row.get('epoch')}")
+            _check(len(row) <= 64 and all(len(k) <= 64 for k in row), f"history[{i - 1}]",
+                   "too many or too long columns")
             row["epoch"] = i  # stored as a whole number, not the float the generic check made of it
         _check(self.best is not None or self.epochs_done == 0, "best", "missing although epochs are done")
-        _check(self.best is None or 0 <= self.best.epoch < self.epochs_done, "best.epoch",
-               f"must be one of the {self.epochs_done} epochs done")
+        _check(self.best is None or 1 <= self.best.epoch <= self.epochs_done, "best.epoch",
+               f"must be one of the epochs done, 1..{self.epochs_done}")
         _check(self.wall_time_s >= 0, "wall_time_s", "must be non-negative")
 
     # ---- views
@@ -364,7 +367,18 @@ def _migrate_1(d: dict) -> dict:
     return d
 
 
-_MIGRATIONS = {1: _migrate_1}
+def _migrate_2(d: dict) -> dict:
+    """Format 2 counted epochs from 0 (fastai's index): `best.epoch` and each history row's `epoch` move up one."""
+    d = dict(d)
+    if isinstance(d.get("best"), dict) and isinstance(d["best"].get("epoch"), int):
+        d["best"] = {**d["best"], "epoch": d["best"]["epoch"] + 1}
+    if isinstance(d.get("history"), list):
+        d["history"] = [{**row, "epoch": row["epoch"] + 1} if isinstance(row, dict) and isinstance(row.get("epoch"), int)
+                        else row for row in d["history"]]
+    return d
+
+
+_MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
 
 
 def lineage(rec: RunRecord) -> list[str]:

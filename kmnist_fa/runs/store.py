@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +49,44 @@ def run_lock(path: Path) -> Iterator[None]:
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"{path}: another process is training this run; wait for it or stop it first") from None
+        for wait in (0.01, 0.03, 0.1, None):  # a listing's probe (`writer_alive`) holds it for an instant
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait is None:
+                    raise RunError(f"{path}: another process is training this run; wait for it or stop it "
+                                   "first") from None
+                time.sleep(wait)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def writer_alive(path: Path) -> bool | None:
+    """Whether a process holds `run_lock` on this folder: a run.json saying `running` is only the last thing its
+    writer recorded, and a killed writer cannot update it, but its lock goes with its process.
+
+    None where it cannot tell (no `fcntl`, or the folder cannot be opened). The probe takes and drops a
+    shared lock for an instant; `run_lock` retries for a moment before it calls a run busy. flock is
+    per machine: on a shared filesystem whose locks are node-local, a run another node trains looks
+    interrupted here (docs/reliability.md).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock
 
 
 def remove_leftovers(path: Path) -> list[str]:

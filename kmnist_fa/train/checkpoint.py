@@ -31,7 +31,7 @@ from ..core.atomic import write_csv
 from ..core.errors import RunError
 from ..core.plots import plt, save_fig
 from ..runs.paths import CKPT_FILE, CURVES_FILE, HISTORY_FILE, MODEL_FILE
-from ..runs.record import Best, RunRecord
+from ..runs.record import FORMAT_VERSION, Best, RunRecord
 from ..runs.weights import cpu_state, load_state, save_state
 from .ddp import unwrap
 
@@ -94,7 +94,8 @@ def load_checkpoint(path: Path, record: RunRecord, device) -> tuple[dict, RunRec
                        "start the run again")
     progress = ckpt["progress"]
     try:
-        record = RunRecord.from_json({**record.to_json(), **progress}, f, path)
+        # a checkpoint from before progress carried its format counted epochs as format 2 did
+        record = RunRecord.from_json({**record.to_json(), "format_version": 2, **progress}, f, path)
     except TypeError:  # progress is not a table
         raise RunError(f"{f}: progress is not a table; start the run again") from None
     if not isinstance(ckpt["epoch"], int) or record.epochs_done != ckpt["epoch"] + 1:
@@ -154,14 +155,14 @@ class RunRecorder(Callback):
         self._epoch_t0 = time.time()
 
     def after_epoch(self):
-        epoch = getattr(self.learn, "run_epoch", self.epoch)
+        epoch = getattr(self.learn, "run_epoch", self.epoch)  # fastai's index, from 0
         if epoch < self.start_epoch:  # fastai's SkipToEpoch still fires after_epoch for skipped epochs
             return
         names = list(self.recorder.metric_names)[1:]
         values = dict(zip(names, self.recorder.values[-1] + [None] * (len(names) - len(self.recorder.values[-1]))))
         values.pop("time", None)
         # a diverged loss is recorded as missing: run.json holds finite numbers only
-        row = {"epoch": epoch, **{k: _finite(v) for k, v in values.items()},
+        row = {"epoch": epoch + 1, **{k: _finite(v) for k, v in values.items()},
                "seconds": round(time.time() - self._epoch_t0, 2)}
         rec = self.record
         rec.history.append(row)
@@ -169,14 +170,14 @@ class RunRecorder(Callback):
         improved = rec.best is None or acc is None or rec.config.keep == "last" or (
             rec.best.accuracy is not None and acc > rec.best.accuracy)
         if improved:
-            rec.best = Best(epoch, acc, row.get("valid_loss"), row.get("train_loss"))
+            rec.best = Best(epoch + 1, acc, row.get("valid_loss"), row.get("train_loss"))
         rec.epochs_done = epoch + 1
         rec.wall_time_s = round(self.wall0 + time.time() - self.t0, 2)
         model = cpu_state(unwrap(self.learn.model))  # what was validated: the average, under --ema
         ema = getattr(self.learn, "weight_ema", None)
         sl = self.recorder.smooth_loss
-        progress = {"history": rec.history, "best": vars(rec.best), "epochs_done": rec.epochs_done,
-                    "wall_time_s": rec.wall_time_s}
+        progress = {"format_version": FORMAT_VERSION, "history": rec.history, "best": vars(rec.best),
+                    "epochs_done": rec.epochs_done, "wall_time_s": rec.wall_time_s}
         save_state(self.path / CKPT_FILE, {
             "model": model if ema is None else cpu_state(ema.raw_state()), "opt": opt_state(self.learn.opt),
             "epoch": epoch, "rng": rng_state(self.dls.train), "smooth_loss": [sl.count, float(sl.val)],
@@ -199,7 +200,7 @@ def plot_curves(path: Path, history: list[dict]) -> Path | None:
     if not history:
         return None
 
-    ep = [h["epoch"] + 1 for h in history]
+    ep = [h["epoch"] for h in history]
 
     def col(k):  # missing values (no validation, a diverged loss) leave gaps
         return [math.nan if h.get(k) is None else h[k] for h in history]

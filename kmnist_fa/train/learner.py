@@ -31,7 +31,7 @@ from fastcore.basics import noop
 from ..config.options import OPTIMIZERS as OPT_NAMES
 from ..config.options import TrainConfig
 from ..core.errors import OptionError
-from ..core.plots import plt, save_fig
+from ..core.plots import plot_lr_find, save_fig
 from ..core.speedups import HandlerDispatchLearner
 from ..models.archs import splitter
 from ..models.registry import create_model
@@ -49,6 +49,7 @@ class ToolkitLearner(HandlerDispatchLearner):
 
     epoch_offset: int = 0
     run_epochs: int | None = None
+    resume_epoch: int = 0  # where a resumed fit picks up (fastai's SkipToEpoch passes over the epochs before)
 
     @property
     def run_epoch(self) -> int:
@@ -89,20 +90,23 @@ def build_learner(dls, cfg: TrainConfig, model: torch.nn.Module | None = None, q
 
 
 def suggest_lrs(learn: Learner, plot: str | Path | None = None) -> dict[str, float]:
-    """fastai's lr_find with all four suggestions; optionally saves the plot."""
-    res = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=plot is not None)
+    """fastai's lr_find with all four suggestions; optionally saves the plot (drawn here rather than by fastai,
+    whose `minimum` marker sits 10x away from the suggestion it labels)."""
+    res = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=False)
+    sugg = {k: float(v) for k, v in res._asdict().items()}
     if plot is not None:
-        fig = plt.gcf()
-        fig.set_size_inches(6, 4)
-        save_fig(fig, plot)
-    return {k: float(v) for k, v in res._asdict().items()}
+        rec = learn.recorder
+        skip = 5  # fastai's plot_lr_find drops the last points too: the divergence they show is no guide
+        save_fig(plot_lr_find(rec.lrs[:-skip], [float(x) for x in rec.losses[:-skip]], sugg,
+                              lowest=sugg["minimum"] * 10), plot)
+    return sugg
 
 
 def fit(learn: Learner, cfg: TrainConfig, lr: float, start_epoch: int = 0) -> None:
     """Fit from global epoch `start_epoch`; transfer runs follow fastai's `fine_tune` in two phases."""
     o, t = cfg.optim, cfg.transfer
     moms = None if o.mom is None else (o.mom, o.mom, o.mom)
-    learn.run_epochs, learn.epoch_offset = cfg.total_epochs, 0
+    learn.run_epochs, learn.epoch_offset, learn.resume_epoch = cfg.total_epochs, 0, start_epoch
     if t.from_run:  # fastai's fine_tune, with the run's momentum and a resumable start
         n = t.freeze_epochs
         if start_epoch < n:

@@ -77,7 +77,10 @@ class RichProgress(Callback):
 
     def _row(self, log):
         if log and isinstance(log[0], int):  # a result row, not the header
-            log = [self._run_epochs()[0] + log[0], *log[1:]]
+            epoch = self._run_epochs()[0] + log[0]
+            if epoch < getattr(self.learn, "resume_epoch", 0):  # fastai logs a blank row for each epoch a resume skips
+                return
+            log = [epoch + 1, *log[1:]]  # counted from 1, as run.json, plots and summaries count
         self.console.print("  ".join(f"{_fmt(v):>11}" for v in log), highlight=False)
 
 

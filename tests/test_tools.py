@@ -40,8 +40,11 @@ def _mtimes(root: Path, pattern: str) -> dict:
 
 
 @pytest.mark.slow
-def test_select_smoke_chooses_by_cv_for_any_arch_and_resumes(kmnist, tiny_arch, tmp_path):
+def test_select_smoke_chooses_by_cv_for_any_arch_and_resumes(kmnist, tiny_arch, tmp_path, monkeypatch):
     cv = _load("cv")
+    # one TTA length, the rule's: per-image TTA draws are the suite's costliest step
+    monkeypatch.setattr(cv, "TTA_NS", (cv.TTA_N,))
+    monkeypatch.setattr(cv, "SELECT_MODE", f"tta:train:{cv.TTA_N}:0.25")
     out = tmp_path / "cv"
     argv = ["select", "--data", str(kmnist.root), "--out", str(out), "--smoke", "--jobs", "1",
             "--archs", f"lenet5,{tiny_arch}"]
@@ -192,6 +195,7 @@ def test_levers_teachers_last_epoch_and_ensembles(kmnist, tmp_path, monkeypatch,
     the default is the one-standard-error rule's choice among the honest options; `ensemble` rescores the levers'
     ensembles from the same caches without predicting again."""
     cv = _load("cv")
+    monkeypatch.setattr(cv, "TTA_NS", (cv.TTA_N,))  # one TTA length: per-image draws are the suite's costliest step
     monkeypatch.setattr(cv, "LEVERS", {
         "base": ("default-lenet5", {}),
         "base-pseudo": ("default-lenet5", {"pseudo": "base", "pseudo_threshold": 0.5, "keep": "last"}),

@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 
+from .config.options import OPTIONS, SEED_MAX
+from .core.atomic import stdout_taken
 from .core.errors import KmnistError, OptionError
 from .core.predictions import (
     TABLE_COLUMNS,
@@ -46,12 +48,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="Test-time augmentation (default: the exported run's own setting).")
     p.add_argument("--tta-n", type=int, default=None, help="Augmented passes with --tta, plus the clean pass "
                    "(default: the exported run's own setting).")
-    p.add_argument("--seed", type=int, default=42, help="Seed for TTA's random augmentations: the same inputs, "
-                   "model, options and seed give a byte-identical CSV.")
+    p.add_argument("--seed", type=int, default=42, help=f"Seed for TTA's random augmentations (0 to {SEED_MAX:,}: "
+                   "numpy's limit): the same inputs, model, options and seed give a byte-identical CSV.")
     p.add_argument("--invert", default="auto", choices=INVERT_MODES, help="Image files: invert dark-on-light "
                    "drawings (auto: decide from the border; yes; no).")
-    p.add_argument("--out", help="Write the Kaggle submission (Id,Category) here.")
-    p.add_argument("--probs", help="Also write per-class probabilities.")
+    p.add_argument("--out", help="Write the Kaggle submission (Id,Category) here; `-`: to stdout.")
+    p.add_argument("--probs", help="Also write per-class probabilities (`-`: to stdout).")
     p.add_argument("--json", action="store_true", help="Machine-readable output (JSON on stdout) instead of a table.")
     return p
 
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m kmnist_fa.runtime
 
 
 def _predict(args: argparse.Namespace) -> int:
+    OPTIONS["seed"].check(args.seed)  # here, not by argparse, whose errors are a usage and an error line
+    say = sys.stderr if stdout_taken({"--out": args.out, "--probs": args.probs}, args.json) else sys.stdout
     model = onnx_model(args.model)
     if model is None:
         runs = f"--model {args.model[0]}: runs" if args.model else "without --model FILE.onnx, predict uses the shipped runs, which"
@@ -84,10 +88,10 @@ def _predict(args: argparse.Namespace) -> int:
     u = used([m["name"] for m in clf.members], s.on, s.n, s.beta, s.method, args.seed, clf.name)
     if args.out:
         write_submission(args.out, got.ids, probs)
-        print(printable(f"wrote {args.out} ({len(got.ids):,} rows; {describe(u)})"))
+        print(printable(f"wrote {args.out} ({len(got.ids):,} rows; {describe(u)})"), file=say)
     if args.probs:
         write_probs(args.probs, got.ids, probs, clf.classes)
-        print(printable(f"wrote {args.probs}"))
+        print(printable(f"wrote {args.probs}"), file=say)
     if args.json:
         print(json.dumps({"used": u, "rows": prediction_rows(got.ids, probs, clf.classes, clf.chars)},
                          ensure_ascii=False, indent=2))

@@ -37,7 +37,8 @@ def test_flat_names_nested_groups_round_trip():
     (dict(n_folds=1, fold=0), "--n-folds must be at least 2"),
     (dict(full=True, n_folds=5, fold=0), "cannot be combined"),
     (dict(learning_rate=1), "unknown option: learning_rate"),
-    (dict(seed=-1), "--seed must be non-negative, got -1"),
+    (dict(seed=-1), r"--seed must be in \[0, 4294967295\], got -1"),
+    (dict(seed=2**64), r"--seed must be in \[0, 4294967295\], got 18446744073709551616"),
 ])
 def test_checks(kw, msg):
     with pytest.raises(OptionError, match=msg):

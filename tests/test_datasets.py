@@ -182,7 +182,7 @@ def test_download_without_md5_checks_content_before_keeping(tmp_path, server, ti
     name = "train-labels-idx1-ubyte.gz"
     good = (src / name).read_bytes()
     (src / name).write_bytes(b"\x1f\x8b garbage" if bad == b"garbage" else good[: len(good) // 2])
-    monkeypatch.setitem(datasets.DATASETS, "tiny", replace(tiny_spec, md5={}))
+    monkeypatch.setitem(datasets.DATASETS, "tiny", replace(tiny_spec, md5={}, counts={}))
     with pytest.raises(DataError, match=f"not a valid {name}"):
         datasets.download("tiny", tmp_path / "dl")
     assert not (tmp_path / "dl" / name).exists() and not list((tmp_path / "dl").glob("*.part"))
@@ -248,3 +248,62 @@ def test_data_folder_is_fastais(monkeypatch, tmp_path):
         assert datasets.fastai_data_dir() == Path(fastai_path("data"))
     finally:
         fastai_cfg.cache_clear()
+
+
+# ------------------------------------------------------------------ K49: no published MD5s, published counts
+
+def _fake_k49(root: Path, n_train: int = 100, n_test: int = 20) -> Path:
+    """A well-formed K49 look-alike: npz files under K49's names, labels 0..48."""
+    write_synthetic(root, n_train=n_train, n_test=n_test, n_classes=49, fmt="npz")
+    for f in root.glob("toy-*.npz"):
+        f.rename(root / f.name.replace("toy-", "k49-"))
+    return root
+
+
+def test_k49_holds_its_published_counts_and_classes():
+    k49 = datasets.DATASETS["k49"]
+    assert not k49.md5 and len(k49.classes) == 49  # no MD5s are published for K49; none are invented
+    assert k49.counts == {"train_images": 232_365, "train_labels": 232_365, "test_images": 38_547,
+                          "test_labels": 38_547}
+    assert all(s.counts for s in datasets.DATASETS.values())
+
+
+def test_fake_k49_from_a_mirror_is_refused_and_removed(tmp_path):
+    """The issue's case: 100 random images labelled 0..48 served as K49 were 'verified'."""
+    src = _fake_k49(tmp_path / "served")
+    handler = lambda *a, **k: RangeHandler(*a, directory=str(src), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DataError, match="not a valid k49-train-imgs.npz .100 images where the published k49 "
+                                            "file has 232,365.; removed it"):
+            datasets.download("k49", tmp_path / "dl", mirror=f"http://127.0.0.1:{httpd.server_address[1]}/")
+    finally:
+        httpd.shutdown()
+    assert not any((tmp_path / "dl").iterdir())
+
+
+def test_k49_counts_and_labels_enforced_on_load_and_shown(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kmnist_fa.cli import app
+
+    root = _fake_k49(tmp_path / "k49")
+    with pytest.raises(DataError, match="100 images where the published k49 file has 232,365; delete it"):
+        load_dataset("k49", root)
+    r = CliRunner().invoke(app, ["data", "info", "k49", "--data", str(root)])
+    assert r.exit_code == 2 and "verified" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert load_dataset(data=root).files["train_images"]["status"] == "custom"  # as a folder, it is its own dataset
+    # as many as published: checked, and said so; a label beyond the 49 classes is not
+    small = replace(datasets.DATASETS["k49"], counts={"train_images": 100, "train_labels": 100, "test_images": 20,
+                                                      "test_labels": 20})
+    monkeypatch.setitem(datasets.DATASETS, "k49", small)
+    assert {f["status"] for f in load_dataset("k49", root).files.values()} == {"checked"}
+    from kmnist_fa.core.formats import write_npz
+
+    y = np.arange(20, dtype=np.uint8) % 49
+    y[3] = 60
+    write_npz(root / "k49-test-labels.npz", y)
+    with pytest.raises(DataError, match=r"labels 0..60, outside the published k49 classes 0..48"):
+        load_dataset("k49", root)
+    assert not datasets._valid_file(root / "k49-test-labels.npz", small)  # a download would fetch it again

@@ -283,3 +283,63 @@ def test_fastai_callbacks_write_into_the_run_folder(kmnist, tmp_path):
     log = (res.path / "fastai_log.csv").read_text().splitlines()
     assert log[0].startswith("epoch,train_loss,valid_loss,accuracy") and len(log) == 2
     assert res.learn.path == res.path and not list(res.path.glob("tmp*"))
+
+
+@pytest.fixture(scope="module")
+def hub(lenet_run, tmp_path_factory):
+    """The shared run exported as a hub folder (config.json + model.safetensors)."""
+    pytest.importorskip("safetensors", reason="the export extra is not installed")
+    from kmnist_fa.infer.export import export
+
+    return export([load_run(lenet_run.path, cpu=True)], tmp_path_factory.mktemp("hub") / "hub", "hub")
+
+
+def _hub_copy(hub, tmp_path, state=None, n_params=None):
+    """A copy of `hub` with other weights or another recorded parameter count."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad-hub"
+    shutil.copytree(hub, bad)
+    if state is not None:
+        save_file(state, str(bad / "model.safetensors"))
+    if n_params is not None:
+        cfg = json.loads((bad / "config.json").read_text())
+        cfg["run"]["n_params"] = n_params
+        (bad / "config.json").write_text(json.dumps(cfg))
+    return bad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int8, torch.bool, torch.float16])
+def test_hub_folder_weights_of_another_dtype_are_refused(hub, tmp_path, dtype):
+    """load_state_dict would cast them silently; the architecture holds float32, so they are not a kmnist-fa
+    export's, and the message names the hub folder's own files."""
+    from safetensors.torch import load_file
+
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(hub / "model.safetensors")).items()}
+    bad = _hub_copy(hub, tmp_path, state=state)
+    with pytest.raises(RunError, match=rf"model\.safetensors: \S+ is {dtype}, but lenet5 holds torch\.float32 \(\d+ "):
+        load_run(bad)
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "x.png"), "--model", str(bad)])
+    assert r.exit_code == 2 and "model.safetensors: " in r.output and r.output.strip().count("\n") == 0, r.output
+
+
+def test_hub_folder_errors_name_its_own_files(hub, tmp_path):
+    assert load_run(hub).record.n_params > 0
+    with pytest.raises(RunError, match=r"bad-hub/model\.safetensors: does not fit lenet5"):
+        load_run(_hub_copy(hub, tmp_path, state={"fc.weight": torch.zeros(3)}))
+    with pytest.raises(RunError, match=r"bad-hub/config\.json: records 7 parameters but lenet5 builds"):
+        load_run(_hub_copy(hub, tmp_path / "n", n_params=7))
+
+
+def test_run_weights_of_another_dtype_are_refused(lenet_run, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(lenet_run.path, bad)
+    state = torch.load(bad / "model.pth", weights_only=True)
+    torch.save({k: v.double() if v.is_floating_point() else v for k, v in state.items()}, bad / "model.pth")
+    with pytest.raises(RunError, match=r"model\.pth: \S+ is torch\.float64, but lenet5 holds torch\.float32"):
+        load_run(bad)

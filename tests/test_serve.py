@@ -1,10 +1,18 @@
 """The web demo: request handling through Starlette's TestClient, and end to end in headless Chromium."""
+import asyncio
+import functools
 import io
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +22,10 @@ starlette = pytest.importorskip("starlette", reason="the demo extra is not insta
 from starlette.testclient import TestClient  # noqa: E402
 
 from kmnist_fa.data.images import decode_image  # noqa: E402
+from kmnist_fa.infer import serve  # noqa: E402
 from kmnist_fa.infer.ensemble import combine, member_probs  # noqa: E402
 from kmnist_fa.infer.predict import load_run  # noqa: E402
-from kmnist_fa.infer.serve import MAX_BYTES, Predictor, create_app  # noqa: E402
+from kmnist_fa.infer.serve import MAX_BYTES, MAX_PIXELS, MAX_UPLOADS, Predictor, create_app  # noqa: E402
 from kmnist_fa.runs.paths import reference_dir  # noqa: E402
 
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
@@ -48,6 +57,19 @@ def png_bytes(arr: np.ndarray, size: int | None = None) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def flat_png(w: int, h: int, mode: str = "RGBA", fmt: str = "PNG") -> bytes:
+    """A flat grey image: a few hundred KB at most, however many pixels it declares, and every pixel ink."""
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), (128,) * len(mode)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@functools.cache
+def bomb() -> bytes:
+    """The issue's 169 KB PNG: 160 MB of RGBA once decoded, just under the 40 megapixels `predict` accepts."""
+    return flat_png(6324, 6324)
 
 
 def cli_class(predictor, data: bytes) -> int:
@@ -83,25 +105,29 @@ def test_bad_requests_get_4xx(client):
     assert r.status_code == 413
     r = client.post("/predict", data={"other": "x"})
     assert r.status_code in (400, 415)
-    huge = Image.new("L", (9000, 9000))
-    buf = io.BytesIO()
-    huge.save(buf, format="PNG")
-    r = client.post("/predict", content=buf.getvalue(), headers={"content-type": "image/png"})
-    assert r.status_code == 400 and "larger than" in r.json()["error"]
+    r = client.post("/predict", content=flat_png(9000, 9000, "L"), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "9000x9000" in r.json()["error"]
 
 
-def _asgi_post(app, chunks, ctype: str) -> tuple[int, int]:
-    """POST a body in chunks with no Content-Length (as a chunked upload arrives); (status, bytes it read)."""
-    import asyncio
+def test_images_over_the_pixel_budget_are_refused_before_decoding(client, monkeypatch):
+    """The size is read from the header: a 169 KB PNG declaring 6324x6324 RGBA never reaches the decoder."""
+    decoded = []
+    monkeypatch.setattr(serve, "decode_image", lambda data, name: decoded.append(name))
+    assert len(bomb()) < 200_000
+    r = client.post("/predict", content=bomb(), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "6324x6324" in r.json()["error"] and f"{MAX_PIXELS:,}" in r.json()["error"]
+    r = client.post("/predict", files={"file": ("strip.gif", flat_png(4001, 1000, "L", "GIF"), "image/gif")})
+    assert r.status_code == 413 and "4001x1000" in r.json()["error"]
+    r = client.post("/predict", content=flat_png(64, 64, "L", "TIFF"), headers={"content-type": "image/png"})
+    assert r.status_code == 415 and "TIFF" in r.json()["error"]  # whatever the Content-Type claims
+    assert decoded == []
+    monkeypatch.undo()
+    r = client.post("/predict", content=flat_png(2000, 2000), headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text  # the budget itself is accepted
 
-    it, read = iter(chunks), [0]
 
-    async def receive():
-        for c in it:
-            read[0] += len(c)
-            return {"type": "http.request", "body": c, "more_body": True}
-        return {"type": "http.request", "body": b"", "more_body": False}
-
+async def _asgi_call(app, receive, ctype: str = "image/png") -> tuple[int, dict]:
+    """One POST /predict through the ASGI app, its body from `receive`; (status, response headers)."""
     sent = []
 
     async def send(msg):
@@ -110,8 +136,70 @@ def _asgi_post(app, chunks, ctype: str) -> tuple[int, int]:
     scope = {"type": "http", "method": "POST", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
              "headers": [(b"content-type", ctype.encode())], "http_version": "1.1", "scheme": "http",
              "server": ("test", 80), "client": ("test", 1), "root_path": ""}
-    asyncio.run(app(scope, receive, send))
-    return sent[0]["status"], read[0]
+    await app(scope, receive, send)
+    return sent[0]["status"], {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+
+
+def _whole(body: bytes):
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive
+
+
+def test_requests_past_the_bounds_get_503_not_a_queue(predictor, kmnist, monkeypatch):
+    """Images being decoded and uploads being read are each bounded; the next request is refused at once."""
+    entered, release, decode = threading.Semaphore(0), threading.Event(), serve.decode_image
+
+    def held_decode(data, name):
+        entered.release()
+        release.wait(30)
+        return decode(data, name)
+
+    monkeypatch.setattr(serve, "decode_image", held_decode)
+    app = create_app(predictor, max_concurrent=2)
+    data = png_bytes(kmnist.train_x[0])
+
+    async def decodes():
+        held = [asyncio.create_task(_asgi_call(app, _whole(data))) for _ in range(2)]
+        for _ in held:
+            assert await asyncio.to_thread(entered.acquire, timeout=30)
+        refused = await asyncio.gather(*(_asgi_call(app, _whole(data)) for _ in range(3)))
+        release.set()
+        return refused, await asyncio.gather(*held)
+
+    refused, served = asyncio.run(decodes())
+    assert [s for s, _ in refused] == [503] * 3 and all(h["retry-after"] == "1" for _, h in refused)
+    assert [s for s, _ in served] == [200, 200]
+
+    async def uploads():
+        never = asyncio.Event()
+
+        async def stalled():
+            await never.wait()
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        held = [asyncio.create_task(_asgi_call(app, stalled)) for _ in range(MAX_UPLOADS)]
+        await asyncio.sleep(0.05)
+        refused = await _asgi_call(app, _whole(data))
+        never.set()
+        await asyncio.gather(*held)
+        return refused, await _asgi_call(app, _whole(data))
+
+    (status, headers), after = asyncio.run(uploads())
+    assert status == 503 and headers["retry-after"] == "1" and after[0] == 200
+
+
+def _asgi_post(app, chunks, ctype: str) -> tuple[int, int]:
+    """POST a body in chunks with no Content-Length (as a chunked upload arrives); (status, bytes it read)."""
+    it, read = iter(chunks), [0]
+
+    async def receive():
+        for c in it:
+            read[0] += len(c)
+            return {"type": "http.request", "body": c, "more_body": True}
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    return asyncio.run(_asgi_call(app, receive, ctype))[0], read[0]
 
 
 @pytest.mark.parametrize("ctype", ["image/png", "multipart/form-data; boundary=xyz"])
@@ -149,10 +237,9 @@ def test_page_serves_its_own_kana_font(client):
 
 
 def test_a_slow_upload_does_not_stall_other_requests(server):
-    """Decoding runs in a worker thread: the page still answers while a 40-megapixel strip is decoded."""
-    import urllib.request
-
-    im = Image.new("L", (40_000_000, 1), 255)
+    """Decoding runs in a worker thread: the page still answers while the longest strip the budget allows (shrunk
+    to 1,024 px before it is framed) is decoded."""
+    im = Image.new("L", (MAX_PIXELS, 1), 255)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     req = urllib.request.Request(server + "predict", data=buf.getvalue(), headers={"Content-Type": "image/png"})
@@ -191,6 +278,77 @@ def server(predictor):
     yield f"http://127.0.0.1:{port}/"
     srv.should_exit = True
     t.join(5)
+
+
+def _proc_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _post(url: str, data: bytes) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "image/png"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Retry-After", "")
+
+
+# docs/export-deploy.md: `kmnist-fa serve` (2 decodes at once) stays within start-up RSS + this, whatever arrives
+PEAK_MARGIN_MB = 600
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads peak RSS from Linux /proc")
+def test_concurrent_large_images_stay_within_the_peak_rss_bound(kmnist, tmp_path):
+    """The issue's case end to end: `kmnist-fa serve` in its own process, sent 8 of the 169 KB 6324x6324 PNGs
+    (each 1.5 GB of RSS before the budget), 8 images at the budget (every pixel ink: the costliest decode
+    allowed), 8 noise images of 4.7 MB (uploads near the byte cap, held while read) and 4 drawings, all at once.
+    The server's own peak RSS (VmHWM, reset after start-up) must stay within start-up RSS + PEAK_MARGIN_MB."""
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "kmnist_fa", "serve", "--cpu", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "serve did not start in 120 s"
+                time.sleep(0.5)
+        drawing = png_bytes(255 - kmnist.train_x[5], 280)
+        assert _post(url + "predict", drawing)[0] == 200  # the first prediction's one-off costs count as start-up
+        baseline = _proc_kib(proc.pid, "VmRSS")
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak from here on
+        budget = flat_png(2000, 2000)
+        noise = png_bytes(np.random.default_rng(0).integers(0, 256, (1250, 1250, 3), dtype=np.uint8))
+        sent = [bomb()] * 8 + [budget] * 8 + [noise] * 8 + [drawing] * 4
+        t0 = time.time()
+        with ThreadPoolExecutor(len(sent)) as pool:
+            got = list(pool.map(lambda d: _post(url + "predict", d), sent))
+        took = time.time() - t0
+        peak = _proc_kib(proc.pid, "VmHWM")
+        # one more of each, alone: refused and served as before
+        after = [_post(url + "predict", d)[0] for d in (bomb(), budget, drawing)]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    statuses = [s for s, _ in got]
+    print(f"start-up RSS {baseline / 1024:.0f} MB, peak {peak / 1024:.0f} MB (+{(peak - baseline) / 1024:.0f} MB) "
+          f"for {len(sent)} requests at once in {took:.1f} s: {statuses}")
+    assert {s for s, _ in got[:8]} <= {413, 503} and 413 in statuses  # never decoded
+    assert {s for s, _ in got[8:]} <= {200, 503} and 200 in statuses
+    assert 503 in statuses and all(ra == "1" for s, ra in got if s == 503)
+    assert after == [413, 200, 200]
+    assert peak - baseline < PEAK_MARGIN_MB * 1024, (baseline, peak)
 
 
 @pytest.mark.slow

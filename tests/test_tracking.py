@@ -1,5 +1,7 @@
 """`--track tensorboard|mlflow`: what the trackers record matches the run's own history."""
 import csv
+import http.server
+import threading
 from functools import partial
 
 import pytest
@@ -75,3 +77,56 @@ def test_unknown_or_uninstalled_tracker_is_refused(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlflow" else real(n, *a))
     with pytest.raises(OptionError, match=r"--track mlflow: needs mlflow: pip install 'kmnist-fa\[track\]'"):
         tracking.check_trackers(["mlflow"])
+
+
+class FakeMlflow(http.server.BaseHTTPRequestHandler):
+    """Just enough of an MLflow server to answer a search for experiments; records the logins it was sent."""
+
+    logins: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def _answer(self):
+        FakeMlflow.logins.append(self.headers.get("Authorization"))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"experiments": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+
+def test_tracking_server_is_reached_when_the_tracker_is_set_up(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    import mlflow
+
+    uri = f"http://u:Sup3rS3cret@127.0.0.1:{port}"
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: uri)  # MLFLOW_TRACKING_URI, unless a test set another
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")  # restored after the test
+    start = time.monotonic()
+    with pytest.raises(OptionError, match=r"cannot reach the tracking server http://u:\*\*\*@127\.0\.0\.1") as e:
+        tracking.callbacks(["mlflow"])
+    assert time.monotonic() - start < 30  # MLflow's own retries would take minutes
+    assert "Sup3rS3cret" not in str(e.value) and "\n" not in str(e.value)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeMlflow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    FakeMlflow.logins = []
+    try:
+        uri = f"http://u:Sup3rS3cret@127.0.0.1:{httpd.server_address[1]}"
+        assert tracking.check_trackers(["mlflow"]) == ["mlflow"]
+    finally:
+        httpd.shutdown()
+    assert FakeMlflow.logins and all(a and a.startswith("Basic ") for a in FakeMlflow.logins)
+    import os
+
+    assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"  # MLflow's run links repeat the URI

@@ -254,3 +254,21 @@ def test_a_resume_prints_only_the_epochs_it_trains_counted_from_1(kmnist, tmp_pa
     assert [h["epoch"] for h in done.record.history] == [1, 2, 3] and 1 <= done.record.best.epoch <= 3
     history_csv = (done.path / "history.csv").read_text().splitlines()
     assert [int(line.split(",")[0]) for line in history_csv[1:]] == [1, 2, 3]
+
+
+def test_resume_of_a_run_killed_before_run_json_says_to_train_it_again(kmnist, tmp_path):
+    """A kill while the data loads or lr_find runs leaves a folder without run.json (at most a temp file): no
+    options were saved, so `--resume` says what to do in one line, and `train --name` with them starts it."""
+    from typer.testing import CliRunner
+
+    from kmnist_fa.cli import app
+
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / ".run.json.x1y2.tmp").write_text("{")
+    with pytest.raises(RunError, match=r"early: the run stopped before it saved its options \(run\.json\), so "
+                                       r"there is nothing to resume; `kmnist-fa train` with its options and --name early starts it again"):
+        resume("early", root=tmp_path, quiet=True, data=kmnist)
+    r = CliRunner().invoke(app, ["train", "--resume", "early", "--models-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "nothing to resume" in r.output and r.output.strip().count("\n") == 0, r.output
+    again = train(_cfg(kmnist, epochs=1), name="early", root=tmp_path, quiet=True, data=kmnist)
+    assert again.record.complete and not list((tmp_path / "early").glob(".*.tmp"))

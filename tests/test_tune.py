@@ -114,6 +114,7 @@ def test_two_processes_share_one_study(kmnist, tmp_path):
 
     trials = optuna.load_study(study_name="c", storage=search._storage(spec)).trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3] and {t.state.name for t in trials} == {"COMPLETE"}
+    assert len({t.params["lr"] for t in trials}) == 4  # the two workers drew differently from the start
     members = sorted(p.name for p in (tmp_path / "c").iterdir() if p.is_dir())
     assert members == [f"trial00{i}-holdout" for i in range(4)]
     assert all(RunRecord.read(tmp_path / "c" / m).epochs_done == 1 for m in members)
@@ -186,7 +187,6 @@ def test_rdb_storage_beats_and_retries_a_silent_worker(kmnist, tmp_path):
 
 
 def test_storage_passwords_stay_out_of_messages():
-    assert search.shown_url("postgresql://user:s3cret@db.example/kmnist") == "postgresql://user:***@db.example/kmnist"
     spec = search.StudySpec(root="/nonexistent", study="x", base={}, params=[], folds=[None],
                             storage="postgresql+nodriver://user:s3cret@db.example/kmnist")
     with pytest.raises(OptionError) as e:
@@ -210,3 +210,38 @@ def test_missing_data_is_refused_before_any_trial(kmnist, tmp_path):
                                      "--models-dir", str(tmp_path)])
         assert r.exit_code == 2 and "is not a folder" in r.output and len(r.output.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # no study or sweep folder was started
+
+
+def _draw(root: Path, seed: int, workers: int, rounds: int) -> list[dict]:
+    """Parameters drawn by `workers` that open one study together, each as its own process would, and claim
+    their trials side by side (none finished before the others draw), `rounds` times."""
+    spec = search.StudySpec(root=str(root), study="w", base={}, folds=[None], budget=workers * rounds, seed=seed,
+                            params=[search.parse_param("lr=1e-4:1e-1:log"), search.parse_param("aug=none,light,heavy")])
+    studies = [search.open_study(spec) for _ in range(workers)]
+    drawn = []
+    for _ in range(rounds):
+        trials = [search.claim(st, spec) for st in studies]
+        drawn += [{p.name: p.suggest(t) for p in spec.params} for t in trials]
+        for st, t in zip(studies, trials):
+            st.tell(t, 0.5)
+    return drawn
+
+
+def test_workers_started_together_draw_different_parameters(tmp_path):
+    drawn = _draw(tmp_path / "two", seed=0, workers=2, rounds=3)
+    assert len({search.config_id(d) for d in drawn}) == 6  # with one seed for all, each pair drew alike
+
+
+def test_one_worker_study_is_reproducible_from_its_seed(tmp_path):
+    first = _draw(tmp_path / "a", seed=7, workers=1, rounds=4)
+    assert _draw(tmp_path / "b", seed=7, workers=1, rounds=4) == first
+    assert _draw(tmp_path / "c", seed=8, workers=1, rounds=4) != first
+
+
+def test_storage_that_is_neither_url_nor_journal_is_refused(kmnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for storage in ("notaurl", "postgres:/host/db"):
+        r = _tune(kmnist, tmp_path / "m", "-p", "lr=1e-3:1e-2", "--pruner", "none", "--storage", storage)
+        assert r.exit_code == 2 and "neither a storage URL" in r.output and "ending in .journal" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no journal, no study folder

@@ -13,8 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from ..config.options import OPTIONS, TTA_N
+from ..config.options import OPTIONS, SEED_MAX, TTA_N
+from ..core.atomic import stdout_taken
 from ..core.errors import KmnistError
+from ..core.secrets import redact
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # the CLI only writes image files; never open a window
 
@@ -37,7 +39,7 @@ out = Console(markup=False, soft_wrap=True)  # long lines are for the terminal t
 err = Console(stderr=True, markup=False, soft_wrap=True)
 
 
-def show(table: Table) -> None:
+def show(table: Table, console: Console = out) -> None:
     """Print a table without ever cutting a value short.
 
     Piped or redirected, it is printed at its natural width whatever COLUMNS says, so
@@ -46,11 +48,17 @@ def show(table: Table) -> None:
     """
     for col in table.columns:
         col.overflow, col.no_wrap = "fold", False
-    if out.is_terminal:
-        out.print(table)
+    if console.is_terminal:
+        console.print(table)
     else:
-        natural = Measurement.get(out, out.options.update(width=1 << 16), table).maximum
-        Console(file=out.file, markup=False, width=max(natural, out.width), color_system=None).print(table)
+        natural = Measurement.get(console, console.options.update(width=1 << 16), table).maximum
+        Console(file=console.file, markup=False, width=max(natural, console.width), color_system=None).print(table)
+
+
+def messages_to(files: dict[str, object], as_json: bool = False) -> Console:
+    """The console for a command's tables and "wrote" lines: stderr when one of its text `files` (option -> path)
+    goes to stdout (`core.atomic.stdout_taken`), else stdout."""
+    return err if stdout_taken(files, as_json) else out
 
 
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar (there is none when output is not a terminal).")
@@ -69,14 +77,15 @@ app.add_typer(models_app, name="models")
 
 
 def friendly(fn):
-    """Turn KmnistError into one line on stderr and exit code 2 (no traceback)."""
+    """Turn KmnistError into one line on stderr and exit code 2 (no traceback); a URL's password in it is masked
+    here too, whatever raised it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except KmnistError as e:
-            err.print(note("error:", "bold red", str(e)), highlight=False, soft_wrap=True)
+            err.print(note("error:", "bold red", redact(str(e))), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -119,8 +128,17 @@ def print_json(obj) -> None:
     out.print_json(json.dumps(obj, ensure_ascii=False, default=str))
 
 
-SeedOpt = typer.Option(42, "--seed", min=0, help="Seed for TTA's random augmentations and vote tie-breaking: "
-                       "the same inputs, runs, options and seed give a byte-identical CSV.")
+# bounded by `checked_seed`, not by typer: its range error is a usage box, not one line
+SeedOpt = typer.Option(42, "--seed", help="Seed for TTA's random augmentations and vote tie-breaking (0 to "
+                       f"{SEED_MAX:,}: numpy's limit): the same inputs, runs, options and seed give a byte-identical "
+                       "CSV.")
+
+
+def checked_seed(seed: int) -> int:
+    """An inference `--seed`, held to the training option's bounds (one OptionError line outside them)."""
+    return OPTIONS["seed"].check(seed)
+
+
 SplitOpt = typer.Option("valid", "--split", help="valid: the run's own validation split; test: the dataset's "
                         "labelled test set.")
 

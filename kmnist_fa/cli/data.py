@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import DataOpt, JsonOpt, data_app, err, friendly, out, print_json, show
+from .common import DataOpt, JsonOpt, checked_seed, data_app, err, friendly, out, print_json, show
 
 
 @data_app.command("info")
@@ -55,8 +55,10 @@ def data_download(name: str = typer.Argument("kmnist", help="kmnist, fashion, mn
                   data: Optional[Path] = typer.Option(None, "--data", help="Folder to download into "
                                                       "(default: fastai's data folder, ~/.fastai/data/NAME)."),
                   mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL to fetch from instead of "
-                                                       "the official mirrors.")):
-    """Download a named dataset with MD5 checks; resumes partial files, writes atomically."""
+                                                       "the official mirrors (http://USER:PASSWORD@HOST/... for "
+                                                       "one that needs a login).")):
+    """Download a named dataset, checked by its published MD5s (or, for K49, counts and labels); resumes
+    partial files, writes atomically, removes a file that fails."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -65,7 +67,7 @@ def data_download(name: str = typer.Argument("kmnist", help="kmnist, fashion, mn
         TransferSpeedColumn,
     )
 
-    from ..data.datasets import download
+    from ..data.datasets import download, get_spec
 
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err) as prog:
@@ -77,7 +79,8 @@ def data_download(name: str = typer.Argument("kmnist", help="kmnist, fashion, mn
             prog.update(tasks[fname], completed=done, total=total)
 
         root = download(name, data, mirror, report)
-    out.print(f"{name}: files verified in {root}")
+    how = "published MD5s" if get_spec(name).md5 else "published counts and label range; no MD5s are published"
+    out.print(f"{name}: files verified ({how}) in {root}")
 
 
 @data_app.command("show")
@@ -96,7 +99,7 @@ def data_show(name: Optional[str] = typer.Argument(None, help="Named dataset (de
     from ..data.datasets import load_dataset
     from ..data.pipeline import make_dls, sample_batch
 
-    set_seed(seed)
+    set_seed(checked_seed(seed))
     d = load_dataset(name, data)
     dls = make_dls(d, SplitSpec(seed=seed), aug=aug, device="cpu")
     imgs, ys = sample_batch(dls, n)

@@ -31,6 +31,8 @@ def export_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", help
 
     if push_to and fmt != "hub":
         raise OptionError("--push uploads a hub folder: add --format hub")
+    if str(out_file) == "-":  # stdout takes text outputs only
+        raise OptionError(f"--out -: export writes {'a folder' if fmt == 'hub' else 'a binary file'}; give a path")
     # the shipped default travels with the TTA settings it was chosen with (reference/default.json), which
     # the ONNX runtime then predicts with; any other runs carry the toolkit's
     paths = [run_path(r, models_dir).resolve() for r in run_names]

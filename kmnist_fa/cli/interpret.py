@@ -9,6 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config.options import TTA_N
+from ..core.atomic import is_stdout
+from ..core.errors import OptionError
 from .common import (
     CpuOpt,
     DataOpt,
@@ -44,6 +46,9 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
     from ..infer.interpret import interpret, write_interpretation
     from ..infer.predict import load_run, run_data
 
+    if is_stdout(out_dir):
+        raise OptionError("--out -: interpret writes a folder of files (PNG, CSV, HTML), not one to stdout; "
+                          "name a folder")
     run = load_run(run_name, models_dir, cpu=cpu)
     d = run_data(run, data, dataset)
     with inference_progress([run], quiet):

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..config.options import TTA_N, TtaSettings
+from ..core.atomic import is_stdout
 from ..core.errors import OptionError
 from ..core.predictions import (
     TABLE_COLUMNS,
@@ -31,10 +32,11 @@ from .common import (
     TtaNOpt,
     TtaOpt,
     app,
+    checked_seed,
     err,
     friendly,
+    messages_to,
     note,
-    out,
     print_json,
     show,
 )
@@ -73,8 +75,9 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
                 invert: str = typer.Option("auto", "--invert", help="Image files: invert dark-on-light drawings "
                                            "(auto: decide from the border; yes; no)."),
                 out_csv: Optional[Path] = typer.Option(None, "--out", help="Write the Kaggle submission "
-                                                       "(Id,Category) here."),
-                probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write per-class probabilities."),
+                                                       "(Id,Category) here; `-`: to stdout."),
+                probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write per-class probabilities "
+                                                         "(`-`: to stdout)."),
                 models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt, as_json: bool = JsonOpt,
                 cpu: bool = CpuOpt):
     """Predict classes for images; several --model runs are ensembled. Writes Id,Category CSVs; says which runs,
@@ -82,6 +85,7 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
     from ..data.images import collect_inputs
     from ..infer.runtime import OnnxClassifier, onnx_model, override
 
+    seed, say = checked_seed(seed), messages_to({"--out": out_csv, "--probs": probs_csv}, as_json)
     onnx = onnx_model(model)
     if onnx and method is not None:
         raise OptionError("--method: an ONNX file's runs are averaged inside its graph (`kmnist-fa export`); "
@@ -112,10 +116,10 @@ def predict_cmd(inputs: list[str] = typer.Argument(..., help="MNIST-format image
     u = used(names, settings.on, settings.n, settings.beta, settings.method, seed, clf.name if onnx else None)
     if out_csv:
         write_submission(out_csv, got.ids, probs)
-        out.print(f"wrote {out_csv} ({len(got.ids):,} rows; {describe(u)})")
+        say.print(f"wrote {out_csv} ({len(got.ids):,} rows; {describe(u)})")
     if probs_csv:
         write_probs(probs_csv, got.ids, probs, classes)
-        out.print(f"wrote {probs_csv}")
+        say.print(f"wrote {probs_csv}")
     if as_json:
         print_json({"used": u, "rows": prediction_rows(got.ids, probs, classes, chars)})
     elif not out_csv and not probs_csv:
@@ -132,10 +136,12 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
                  tta_n: Optional[int] = TtaNOpt, dataset: Optional[str] = DatasetOpt, data: Optional[Path] = DataOpt,
                  input_file: Optional[str] = typer.Option(None, "--input", help="Images to predict (default: the "
                                                           "dataset's test images)."),
-                 out_csv: Optional[Path] = typer.Option(None, "--out", help="Write the ensemble's submission CSV."),
-                 probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write its probabilities."),
+                 out_csv: Optional[Path] = typer.Option(None, "--out", help="Write the ensemble's submission CSV "
+                                                        "(`-`: to stdout)."),
+                 probs_csv: Optional[Path] = typer.Option(None, "--probs", help="Also write its probabilities "
+                                                          "(`-`: to stdout)."),
                  heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Pairwise disagreement heatmap PNG "
-                                                        "(default: beside --out, else not drawn)."),
+                                                        "(default: beside a --out file, else not drawn)."),
                  as_json: bool = JsonOpt,
                  models_dir: Optional[Path] = ModelsDirOpt, quiet: bool = QuietOpt,
                  cpu: bool = CpuOpt):
@@ -144,6 +150,7 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     from ..infer.ensemble import analyse, disagreement_heatmap
     from ..infer.predict import load_run, run_data
 
+    seed, say = checked_seed(seed), messages_to({"--out": out_csv, "--probs": probs_csv}, as_json)
     members = [load_run(r, models_dir, cpu=cpu) for r in run_names]
     d = run_data(members[0], data, dataset)
     if input_file:
@@ -163,23 +170,23 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
             t.add_column(c, justify="left" if c in ("model", "arch") else "right")
         for r in res["rows"]:
             t.add_row(r["name"], r["arch"], pct(r["valid_acc"]), pct(r["test_acc"]), pct(r["agreement"]))
-        show(t)
+        show(t, say)
         m = Table(title="pairwise disagreement on the input images")
         m.add_column("")
         for name in res["names"]:
             m.add_column(name, justify="right")
         for name, row in zip(res["names"], res["disagreement"]):
             m.add_row(name, *(f"{v:.2%}" for v in row))
-        show(m)
+        show(m, say)
     for msg in res["notes"]:
         err.print(note("note:", "yellow", msg), highlight=False, soft_wrap=True)
-    if heatmap or out_csv:
+    if heatmap or (out_csv and not is_stdout(out_csv)):
         hm = heatmap or Path(out_csv).with_name(Path(out_csv).stem + "_disagreement.png")
         disagreement_heatmap(hm, res["names"], res["disagreement"])
-        out.print(f"wrote {hm}")
+        say.print(f"wrote {hm}")
     if out_csv:
         write_submission(out_csv, ids, res["probs"])
-        out.print(f"wrote {out_csv} ({len(ids):,} rows)")
+        say.print(f"wrote {out_csv} ({len(ids):,} rows)")
     if probs_csv:
         write_probs(probs_csv, ids, res["probs"], members[0].classes)
-        out.print(f"wrote {probs_csv}")
+        say.print(f"wrote {probs_csv}")

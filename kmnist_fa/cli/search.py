@@ -11,15 +11,17 @@ from rich.text import Text
 
 from ..config.recipes import resolve_config
 from ..core.errors import OptionError
+from ..core.secrets import redact
 from .common import (
     JsonOpt,
     ModelsDirOpt,
     TrackOpt,
     app,
+    checked_seed,
     err,
     friendly,
     interrupt_note,
-    out,
+    messages_to,
     print_json,
     show,
     training_options,
@@ -31,7 +33,7 @@ JobsOpt = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes on this 
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads per worker (default: cores / jobs). "
                           "Results are bit-identical only for the same value.")
 SaveRecipeOpt = typer.Option(None, "--save-recipe", help="Also write the best config as a recipe .toml here "
-                             "(always written to models/NAME/best.toml).")
+                             "(`-`: to stdout; always written to models/NAME/best.toml).")
 
 
 def _report_failures(outcome: dict[str, str]) -> None:
@@ -68,6 +70,7 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     from ..runs.paths import check_name
     from ..runs.paths import models_dir as mdir
 
+    say = messages_to({"--save-recipe": save_recipe}, as_json)
     if opts.get("fold") is not None or opts.get("full"):
         raise OptionError("sweep: use --n-folds with --folds (or the holdout), not --fold/--full")
     params = [sw.parse_param(p) for p in param]
@@ -121,8 +124,8 @@ def sweep_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
                         "-" if r["acc_mean"] is None else f"{r['acc_mean']:.4f}",
                         "-" if r["acc_sd"] is None else f"{r['acc_sd']:.4f}",
                         "-" if r["loss_mean"] is None else f"{r['loss_mean']:.4f}", f"{r['time_s']:.0f}")
-        show(tbl)
-        out.print(f"wrote {root / 'results.csv'}, {plot_path}" + (f", {best}" if best else ""))
+        show(tbl, say)
+        say.print(f"wrote {root / 'results.csv'}, {plot_path}" + (f", {best}" if best else ""))
     _report_failures(outcome)
 
 
@@ -144,8 +147,8 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
                                         "fold: median, hyperband, or none."),
              storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage shared by every worker: "
                                                    "an RDB URL (postgresql://..., mysql://..., sqlite:///FILE), "
-                                                   "grpc://HOST:PORT, or a journal file path (default: "
-                                                   "models/STUDY/study.journal)."),
+                                                   "grpc://HOST:PORT, or a journal file (a path ending in "
+                                                   ".journal; default models/STUDY/study.journal)."),
              study: Optional[str] = typer.Option(None, "--study", "--name", help="Study name; its runs go to "
                                                  "models/STUDY/ (default ARCH-tune)."),
              sampler_seed: int = typer.Option(0, "--sampler-seed", help="Seed of the sampler (trainings use "
@@ -163,6 +166,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
     from ..runs.paths import check_name
     from ..runs.paths import models_dir as mdir
 
+    say = messages_to({"--save-recipe": save_recipe}, as_json)
     if opts.get("fold") is not None or opts.get("full"):
         raise OptionError("tune: use --n-folds with --folds (or the holdout), not --fold/--full")
     params = [search.parse_param(p) for p in param]
@@ -179,7 +183,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
     spec = search.StudySpec(
         root=str(root), study=name, base=cfg.to_dict(), params=params, kind="tune", budget=trials,
         folds=search.fold_list(cfg.split.n_folds, folds), storage=storage, sampler=sampler, pruner=pruner,
-        seed=sampler_seed, epochs=cfg.optim.epochs,
+        seed=checked_seed(sampler_seed), epochs=cfg.optim.epochs,
         identity={"kind": "tune", "base": cfg.to_dict(), "space": [str(p) for p in params],
                   "folds": search.fold_list(cfg.split.n_folds, folds)})
     if pruner != "none":
@@ -195,7 +199,7 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
             search.enqueue_grid(st, spec, trials)
         spec.budget = None
     err.print(f"study {name}: {trials} trials x {len(spec.folds)} folds ({sampler}, pruner {pruner}, recipe "
-              f"{recipe or 'none'}, {jobs} worker(s)) in {search.shown_url(search.storage_url(spec))}", highlight=False)
+              f"{recipe or 'none'}, {jobs} worker(s)) in {redact(search.storage_url(spec))}", highlight=False)
     stop = threading.Event()
     with Live(_trials_table(st, spec), console=err, transient=True, auto_refresh=False) as live:
         def refresh():
@@ -219,8 +223,8 @@ def tune_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see 
     if as_json:
         print_json({"outcome": outcome, "trials": rows, "files": {k: str(v) for k, v in written.items()}})
     else:
-        show(_trials_table(st, spec, rows, title=f"study {name}: {_states(rows)}"))
-        out.print("wrote " + ", ".join(str(p) for p in written.values()))
+        show(_trials_table(st, spec, rows, title=f"study {name}: {_states(rows)}"), say)
+        say.print("wrote " + ", ".join(str(p) for p in written.values()))
     _report_failures(outcome)
 
 

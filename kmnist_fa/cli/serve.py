@@ -18,6 +18,9 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
               host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback by default)."),
               port: int = typer.Option(7860, "--port", min=1, max=65535, help="TCP port."),
               tta: Optional[bool] = TtaOpt, tta_n: Optional[int] = TtaNOpt, method: Optional[str] = DefaultMethodOpt,
+              # infer.serve.MAX_CONCURRENT, not imported here: infer.serve loads torch, and --help should not wait
+              max_concurrent: int = typer.Option(2, "--max-concurrent", min=1, help="Images decoded and predicted "
+                                                 "at once; more get 503 (each takes up to ~120 MB)."),
               models_dir: Optional[Path] = ModelsDirOpt,
               cpu: bool = CpuOpt):
     """Web demo: draw a character (or upload an image) and watch the top-3 guesses. Needs the demo extra."""
@@ -25,7 +28,7 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
         import uvicorn
     except ImportError:
         raise OptionError('serve needs the demo extra: pip install -e ".[demo]"') from None
-    from ..infer.serve import Predictor, create_app
+    from ..infer.serve import MAX_CONNECTIONS, Predictor, create_app
 
     members, settings = load_members(model, models_dir, cpu)
     predictor = Predictor(members, tta if tta is not None else settings.on, tta_n or settings.n,
@@ -35,4 +38,5 @@ def serve_cmd(model: Optional[list[str]] = typer.Argument(None, metavar="[RUN...
                        "network, with no authentication"), highlight=False, soft_wrap=True)
     err.print(f"serving {', '.join(m.name for m in members)} on http://{host}:{port}/ (Ctrl-C stops)",
               highlight=False)
-    uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(predictor, max_concurrent), host=host, port=port, log_level="warning",
+                limit_concurrency=MAX_CONNECTIONS)

@@ -32,6 +32,7 @@ TTA_N = 4  # fastai's `tta` default: augmented passes before the clean one is bl
 TTA_BETA = 0.25  # fastai's `tta` default: weight of the clean pass against the mean of the augmented passes
 
 ENSEMBLE_METHODS = ("mean", "vote")
+SEED_MAX = 2**32 - 1  # numpy's limit for a seed; torch takes up to 2**64 - 1, and every seed reaches numpy
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,8 @@ class SplitSpec:
     n_folds: int | None = option(None, "Stratified k-fold: number of folds.", min=2)
     fold: int | None = option(None, "Which fold (0-based) validates, with --n-folds.", min=0)
     full: bool = option(False, "Train on every labelled image (no validation).")
-    seed: int = option(42, "Random seed: split, init, shuffling, augmentation.", min=0, sweep=True)
+    seed: int = option(42, f"Random seed: split, init, shuffling, augmentation (0 to {SEED_MAX:,}: numpy's limit).",
+                       min=0, max=SEED_MAX, sweep=True)
 
     def __post_init__(self):
         _check_fields(self)

@@ -17,6 +17,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..core.errors import KmnistError, OptionError
+from ..core.files import open_regular
 from .options import OPTIONS, RECIPE_KEYS, TrainConfig
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"  # package data: kmnist_fa/recipes/*.toml
@@ -35,10 +36,13 @@ def load_recipe(name_or_path: str | Path) -> dict:
             known = ", ".join(sorted(q.stem for q in RECIPE_DIR.glob("*.toml")))
             raise OptionError(f"--recipe: unknown recipe {name_or_path!r} (known: {known}; or a path to a .toml file)")
     try:
-        rec = tomllib.loads(p.read_text(encoding="utf-8"))
+        with open_regular(p, "rb") as f:
+            rec = tomllib.load(f)
     except FileNotFoundError:
         raise OptionError(f"--recipe: {p} not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except OSError as e:
+        raise OptionError(f"--recipe: {p}: cannot read ({e.strerror or type(e).__name__})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise OptionError(f"--recipe: {p} is not valid TOML ({e})") from None
     unknown = set(rec) - set(RECIPE_KEYS) - {"description"}
     if unknown:

@@ -21,6 +21,7 @@ import numpy as np
 
 from .atomic import write_bytes, write_with
 from .errors import DataError
+from .files import open_input
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # idx type code 0x08 = unsigned byte; the last byte of the magic is the number of dims.
@@ -32,12 +33,7 @@ MAX_IDX_BYTES = 1 << 32  # 4 GiB of pixels: 20x K49's training images, far below
 
 def _open(path: Path):
     """A binary stream of the file's idx bytes, gunzipped on the fly when it is gzip."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    f = open_input(path, DataError)
     if f.read(2) == _GZIP_MAGIC:
         f.seek(0)
         return gzip.GzipFile(fileobj=f, mode="rb"), True
@@ -102,11 +98,9 @@ def _read_exact_or_empty(stream, path: Path) -> bool:
 def read_npz(path: str | Path) -> np.ndarray:
     """Read the single array `arr_0` of a KMNIST-style npz: no pickles, size checked before decompressing."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
     fmt = np.lib.format
     try:
-        with zipfile.ZipFile(path) as z:
+        with open_input(path, DataError) as fh, zipfile.ZipFile(fh) as z:
             names = z.namelist()
             if "arr_0.npy" not in names:
                 shown = ", ".join(n.removesuffix(".npy") for n in names[:5]) or "none"

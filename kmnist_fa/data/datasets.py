@@ -9,10 +9,12 @@ DataLoader from ever being the bottleneck.
 """
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
+import http.client
 import os
-import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,8 +25,10 @@ import numpy as np
 
 from ..core.atomic import atomic_path
 from ..core.errors import DataError
+from ..core.files import open_input, open_regular
 from ..core.formats import read_array, read_idx, read_npz
 from ..core.labels import class_label
+from ..core.secrets import redact
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 IMAGE_SIZE = 28
@@ -52,6 +56,18 @@ class DatasetSpec:
     classmap: str | None = None  # optional CSV published beside the data
     system_dirs: tuple[str, ...] = ()  # read-only copies installed by an OS package
     licence: str = ""
+    counts: dict[str, int] = field(default_factory=dict)  # role -> published number of images or labels
+
+    def check_published(self, arr: np.ndarray, role: str, path: Path) -> None:
+        """Hold an unpinned file (no published MD5) to what is published about it: its count, and labels
+        within the classes. Format alone let a well-formed fake (100 images labelled 0..48) pass as K49."""
+        want = self.counts.get(role)
+        if want is not None and len(arr) != want:
+            raise DataError(f"{path}: {len(arr):,} {role.split('_')[1]} where the published {self.name} file has "
+                            f"{want:,}")
+        if role.endswith("labels") and len(arr) and (arr.min() < 0 or arr.max() >= len(self.classes)):
+            raise DataError(f"{path}: labels {int(arr.min())}..{int(arr.max())}, outside the published {self.name} "
+                            f"classes 0..{len(self.classes) - 1}")
 
     def urls(self, filename: str, mirror: str | None = None) -> list[str]:
         bases = [mirror] if mirror else list(self.mirrors)
@@ -65,6 +81,7 @@ _IDX = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 _KMNIST_CHARS = tuple("おきすつなはまやれを")
+_MNIST_COUNTS = {"train_images": 60_000, "train_labels": 60_000, "test_images": 10_000, "test_labels": 10_000}
 _K49_CHARS = tuple(ROMAJI)
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -81,7 +98,7 @@ DATASETS: dict[str, DatasetSpec] = {
             ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
             tuple(ROMAJI[c] for c in _KMNIST_CHARS), _KMNIST_CHARS, classmap="kmnist_classmap.csv",
             licence='CC BY-SA 4.0: "KMNIST Dataset" (created by CODH), adapted from "Kuzushiji Dataset" '
-            "(created by NIJL and others), doi:10.20676/00000341",
+            "(created by NIJL and others), doi:10.20676/00000341", counts=_MNIST_COUNTS,
         ),
         DatasetSpec(
             "fashion", "Fashion-MNIST", _IDX,
@@ -95,7 +112,7 @@ DATASETS: dict[str, DatasetSpec] = {
             ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
             ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
             system_dirs=("/usr/share/datasets/fashion-mnist",),
-            licence="MIT (Zalando Research)",
+            licence="MIT (Zalando Research)", counts=_MNIST_COUNTS,
         ),
         DatasetSpec(
             "mnist", "MNIST", _IDX,
@@ -107,11 +124,12 @@ DATASETS: dict[str, DatasetSpec] = {
             },
             ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
             tuple(str(i) for i in range(10)),
-            licence="CC BY-SA 3.0 (Yann LeCun and Corinna Cortes)",
+            licence="CC BY-SA 3.0 (Yann LeCun and Corinna Cortes)", counts=_MNIST_COUNTS,
         ),
         DatasetSpec(
-            # The K49 MD5s are not published with the files; they are left unpinned
-            # (format and counts are still checked) rather than invented.
+            # The K49 MD5s are not published with the files; they are left unpinned rather
+            # than invented, and the published counts (CODH's README) and the 49 classes are
+            # enforced instead.
             "k49", "Kuzushiji-49",
             {
                 "train_images": "k49-train-imgs.npz",
@@ -124,6 +142,7 @@ DATASETS: dict[str, DatasetSpec] = {
             tuple(ROMAJI[c] for c in _K49_CHARS), _K49_CHARS, classmap="k49_classmap.csv",
             licence='CC BY-SA 4.0: "KMNIST Dataset" (created by CODH), adapted from "Kuzushiji Dataset" '
             "(created by NIJL and others), doi:10.20676/00000341",
+            counts={"train_images": 232_365, "train_labels": 232_365, "test_images": 38_547, "test_labels": 38_547},
         ),
     ]
 }
@@ -144,7 +163,7 @@ _PATTERNS = {
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
-    with open(path, "rb") as f:
+    with open_input(path, DataError) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -187,7 +206,7 @@ def read_classmap(path: Path) -> list[str]:
     try:
         if path.stat().st_size > 1 << 20:
             raise DataError(f"{path}: classmap larger than 1 MiB; expected one short row per class")
-        with open(path, newline="", encoding="utf-8") as f:
+        with open_regular(path, "r", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read classmap ({type(e).__name__}: {str(e)[:100]})") from None
@@ -306,7 +325,7 @@ def load_dataset(dataset: str | None = None, data: str | Path | None = None) -> 
             raise DataError(f"{p}: MD5 {md5s[role]} does not match the published {spec.name} file "
                             f"(expected {accepted[0]}); delete it and run `kmnist-fa data download {spec.name}`, "
                             f"or use --data {root} to treat the folder as a custom dataset")
-        status = "verified" if md5s[role] in accepted else ("unpinned" if spec else "custom")
+        status = "verified" if md5s[role] in accepted else ("checked" if spec else "custom")
         files[role] = {"path": str(p), "md5": md5s[role], "status": status}
     named = spec is not None
     if spec is None and (spec := _recognise(found, md5s)):
@@ -322,6 +341,14 @@ def load_dataset(dataset: str | None = None, data: str | Path | None = None) -> 
         raise DataError(f"{found['train_images']}: holds no images; nothing to train on or to name classes from")
     _check_pair(train_x, train_y, found["train_images"], found["train_labels"])
     _check_pair(test_x, test_y, found["test_images"], found["test_labels"])
+    arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
+    for role, f in files.items():
+        if f["status"] == "checked":
+            try:
+                spec.check_published(arrays[role], role, found[role])
+            except DataError as e:
+                raise DataError(f"{e}; delete it and run `kmnist-fa data download {spec.name}`, or use --data {root} "
+                                "to treat the folder as a custom dataset") from None
 
     classes, chars = _class_names(root, spec, train_y, test_y)
     for role, y in (("train_labels", train_y), ("test_labels", test_y)):
@@ -346,17 +373,31 @@ def _class_names(root: Path, spec: DatasetSpec | None, *labels) -> tuple[list[st
 
 # --------------------------------------------------------------------------- download
 
-def _fetch(url: str, dest: Path, md5: tuple[str, ...], progress: Callable[[int, int | None], None] | None) -> None:
+def _request(url: str, headers: dict[str, str]) -> urllib.request.Request:
+    """A request for `url`. A user and password in it (a private mirror) go in a Basic Authorization
+    header that is not passed on to a redirect's host: left in the URL, urllib takes them for part of the
+    host name and repeats them in its errors."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url, headers=headers)
+    req = urllib.request.Request(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), headers=headers)
+    login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    req.add_unredirected_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    return req
+
+
+def _fetch(url: str, dest: Path, spec: DatasetSpec, progress: Callable[[int, int | None], None] | None) -> None:
     """Fetch `url` into `dest` through `dest.part`, resuming a partial file with a Range request.
 
     Nothing reaches `dest` unverified: by MD5 where one is published, else by reading
     it as what it should be (`_check_content`). A transfer that stops short keeps its
     `.part` for the next run to resume; a complete but wrong file is removed.
     """
-
+    md5 = spec.md5.get(dest.name, ())
+    shown = redact(url)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    req = _request(url, {"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(req, timeout=30) as resp:
         if have and resp.status != 206:  # server ignored Range: start over
             have = 0
@@ -370,24 +411,25 @@ def _fetch(url: str, dest: Path, md5: tuple[str, ...], progress: Callable[[int, 
                 if progress:
                     progress(have, total)
     if total is not None and have < total:
-        raise DataError(f"{url}: the transfer stopped at {have:,} of {total:,} bytes; run the download again to "
+        raise DataError(f"{shown}: the transfer stopped at {have:,} of {total:,} bytes; run the download again to "
                         f"resume it (kept {part.name})")
     got = md5sum(part)
     if md5 and got not in md5:
         part.unlink()
-        raise DataError(f"{url}: downloaded file has MD5 {got}, expected {md5[0]}; removed it, try again")
+        raise DataError(f"{shown}: downloaded file has MD5 {got}, expected {md5[0]}; removed it, try again")
     if not md5:
         try:
-            _check_content(part, dest.name)
+            _check_content(part, dest.name, spec)
         except DataError as e:
             part.unlink()
-            raise DataError(f"{url}: not a valid {dest.name} ({str(e).split(': ', 1)[-1]}); removed it") from None
+            raise DataError(f"{shown}: not a valid {dest.name} ({str(e).split(': ', 1)[-1]}); removed it") from None
     with atomic_path(dest) as tmp:
         os.replace(part, tmp)
 
 
-def _check_content(path: Path, name: str) -> None:
-    """`path` read as the file `name` must be: a classmap, or 28x28 images / labels in idx or npz."""
+def _check_content(path: Path, name: str, spec: DatasetSpec) -> None:
+    """`path` read as the file `name` of `spec` must be: a classmap, or 28x28 images / labels in idx or npz,
+    as many as published (`DatasetSpec.check_published`)."""
     if name.endswith(".csv"):
         read_classmap(path)
         return
@@ -396,13 +438,16 @@ def _check_content(path: Path, name: str) -> None:
     want = 3 if images else 1
     if arr.ndim != want or (images and arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE)) or len(arr) == 0:
         raise DataError(f"{path}: array of shape {arr.shape} is not a set of {'28x28 images' if images else 'labels'}")
+    role = next((r for r, f in spec.files.items() if f == name), None)
+    if role is not None:
+        spec.check_published(arr, role, path)
 
 
-def _valid_file(path: Path, md5: tuple[str, ...]) -> bool:
-    if md5:
+def _valid_file(path: Path, spec: DatasetSpec) -> bool:
+    if md5 := spec.md5.get(path.name, ()):
         return md5sum(path) in md5
     try:
-        _check_content(path, path.name)
+        _check_content(path, path.name, spec)
         return True
     except DataError:
         return False
@@ -417,16 +462,17 @@ def download(name: str = DEFAULT_DATASET, data: str | Path | None = None, mirror
     wanted = list(spec.files.values()) + ([spec.classmap] if spec.classmap else [])
     for fname in wanted:
         dest = root / fname
-        md5 = spec.md5.get(fname, ())
-        if dest.exists() and _valid_file(dest, md5):
+        if dest.exists() and _valid_file(dest, spec):
             continue
         errors = []
         for url in spec.urls(fname, mirror):
             try:
-                _fetch(url, dest, md5, (lambda d, t, f=fname: progress(f, d, t)) if progress else None)
+                _fetch(url, dest, spec, (lambda d, t, f=fname: progress(f, d, t)) if progress else None)
                 break
-            except (urllib.error.URLError, OSError, TimeoutError) as e:
-                errors.append(f"{url} ({getattr(e, 'reason', e)})")
+            # URLError and timeouts are OSErrors; a server that answers garbage raises an HTTPException, a
+            # malformed URL (a port that is not a number) a ValueError
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                errors.append(redact(f"{url} ({' '.join(str(getattr(e, 'reason', e)).split()) or type(e).__name__})"))
         else:
             raise DataError(f"cannot download {fname}: {'; '.join(errors)}. Offline? Put the files "
                             f"{', '.join(wanted)} in {root} (or pass --data DIR)")

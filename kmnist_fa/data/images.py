@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import DataError
+from ..core.files import check_input, open_input
 from ..core.formats import read_array
 from .datasets import DATASETS, load_dataset
 
@@ -49,10 +50,10 @@ def frame(gray: np.ndarray, invert: str = "auto", size: int = 28, margin: int = 
         g = 255 - g
     if g.shape == (size, size):
         return g  # already MNIST-framed: leave it exactly as it is
-    ink = np.argwhere(g > 40)
-    if len(ink):
-        (r0, c0), (r1, c1) = ink.min(0), ink.max(0) + 1
-        g = g[r0:r1, c0:c1]
+    ink = g > 40  # its bounding box from the rows and columns holding ink: ~1 byte a pixel, not argwhere's 16
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    if len(rows):
+        g = g[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = g.shape
     if max(h, w) > MAX_SIDE:  # a 40,000,000x1 strip would otherwise be padded to a 40,000,000^2 square
         scale = MAX_SIDE / max(h, w)
@@ -69,7 +70,7 @@ def frame(gray: np.ndarray, invert: str = "auto", size: int = 28, margin: int = 
 
 
 def decode_image(source, name: str, invert: str = "auto") -> np.ndarray:
-    """Image bytes or file (any size/mode) -> framed 28x28 uint8; unreadable ones raise DataError."""
+    """Image bytes or an open binary file (any size/mode) -> framed 28x28 uint8; unreadable ones raise DataError."""
     import io
     import warnings
 
@@ -80,8 +81,6 @@ def decode_image(source, name: str, invert: str = "auto") -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 gray = _gray(im, name)
-    except FileNotFoundError:
-        raise DataError(f"{name}: file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
         raise DataError(f"{name}: not a readable image ({type(e).__name__})") from None
@@ -102,7 +101,8 @@ def _gray(im, name: str) -> np.ndarray:
 
 def read_image(path: str | Path, invert: str = "auto") -> np.ndarray:
     """One image file -> framed 28x28 uint8; unreadable files raise DataError."""
-    return decode_image(Path(path), str(path), invert)
+    with open_input(path, DataError) as f:
+        return decode_image(f, str(path), invert)
 
 
 def image_array(x, invert: str = "auto") -> np.ndarray:
@@ -151,6 +151,8 @@ def collect_inputs(inputs: list[str | Path], invert: str = "auto") -> Inputs:
     positional = named = False
     for raw in inputs:
         p = Path(raw)
+        if p.exists() and not p.is_dir():  # named on purpose, a FIFO or device is refused, not read or skipped
+            check_input(p, DataError)
         if p.is_file() and (p.suffix.lower() not in IMAGE_EXTS):
             arr = read_array(p, 3)
             images.append(arr)

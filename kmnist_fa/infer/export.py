@@ -21,6 +21,7 @@ from torch import nn
 from ..config.shown import shown_options
 from ..core.atomic import write_json, write_text, write_with
 from ..core.errors import OptionError
+from ..core.secrets import redact
 from ..data.datasets import md5sum
 from ..runs.paths import HUB_CONFIG, HUB_WEIGHTS, MODEL_FILE, is_hub_folder
 from .ensemble import check_members
@@ -207,6 +208,6 @@ def push(folder: Path, repo_id: str) -> None:
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id)
     except Exception as e:  # no token, no network, no permission: huggingface_hub raises many types
-        raise OptionError(f"--push {repo_id}: upload failed ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:160]})") from None
+        first = redact((str(e).splitlines() or [''])[0])  # its URL may hold a login (HF_ENDPOINT)
+        raise OptionError(f"--push {repo_id}: upload failed ({type(e).__name__}: {first[:160]})") from None
 

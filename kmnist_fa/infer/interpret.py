@@ -18,7 +18,7 @@ from fastai.interpret import ClassificationInterpretation
 
 from ..config.options import TTA_N
 from ..config.shown import shown_options
-from ..core.atomic import write_csv, write_text
+from ..core.atomic import make_folder, write_csv, write_text
 from ..core.errors import DataError, OptionError
 from ..core.plots import class_labels, image_grid, plot_confusion_matrix, save_fig
 from ..data.datasets import MnistData
@@ -173,7 +173,7 @@ def write_interpretation(run: LoadedRun, interp: CachedInterpretation, out_dir: 
                          notes: list[str], top_k: int = 16) -> dict:
     """All interpretation artefacts into `out_dir`; returns the tables for the terminal."""
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     labels = class_labels(run.classes, run.chars)
     save_fig(plot_confusion(interp, labels), out_dir / "confusion.png")
     save_fig(plot_top_losses(interp, labels, top_k), out_dir / "top_losses.png")
@@ -187,7 +187,7 @@ def write_interpretation(run: LoadedRun, interp: CachedInterpretation, out_dir: 
     write_csv(out_dir / "per_class.csv", per_class)
     images = {"Confusion matrix": out_dir / "confusion.png", "Top losses": out_dir / "top_losses.png"}
     curves = run.path / "curves.png"
-    if curves.exists():
+    if curves.is_file():  # a FIFO in its place would block the report forever
         images = {"Training curves": curves, **images}
     write_report(out_dir, run, interp, split, tta, notes, images, most, per_class)
     return {"most_confused": most, "per_class": per_class, "accuracy": interp.accuracy,

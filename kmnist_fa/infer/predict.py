@@ -69,16 +69,24 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
     """
     path = runs.run_path(name_or_path, root)
     rec = RunRecord.read(path)
+    hub = runs.is_hub_folder(path)
+    weights = path / (runs.HUB_WEIGHTS if hub else runs.MODEL_FILE)
     m = rec.config.model
     model = create_model(m.arch, len(rec.classes), m.bn, m.dropout)
     if n_params(model) != rec.n_params:
-        raise RunError(f"{path / runs.RUN_FILE}: records {rec.n_params:,} parameters but {m.arch} "
-                       f"builds {n_params(model):,}; the architecture changed since this run was saved")
-    state = _hub_state(path) if runs.is_hub_folder(path) else runs.load_state(path / runs.MODEL_FILE)
+        raise RunError(f"{path / (runs.HUB_CONFIG if hub else runs.RUN_FILE)}: records {rec.n_params:,} parameters "
+                       f"but {m.arch} builds {n_params(model):,}; the architecture changed since this run was saved")
+    state = _hub_state(weights) if hub else runs.load_state(weights)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise RunError(f"{path / runs.MODEL_FILE}: does not fit {m.arch} ({str(e).splitlines()[0][:160]})") from None
+        raise RunError(f"{weights}: does not fit {m.arch} ({str(e).splitlines()[0][:160]})") from None
+    # load_state_dict casts silently: float64, int8 or bool weights are not this architecture's, so not ours
+    odd = [(k, state[k].dtype, v.dtype) for k, v in model.state_dict().items() if state[k].dtype != v.dtype]
+    if odd:
+        k, got, want = odd[0]
+        raise RunError(f"{weights}: {k} is {got}, but {m.arch} holds {want}"
+                       f"{f' ({len(odd)} tensors differ)' if len(odd) > 1 else ''}; not weights kmnist-fa saved")
     tta = tta or TtaSettings()
     aug = tta.aug or rec.config.reg.aug
     dls = inference_dls(rec.classes, rec.norm.mean, rec.norm.std, device or default_device(cpu),
@@ -90,9 +98,8 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
     return LoadedRun(rec.name, path, rec, learn, tta)
 
 
-def _hub_state(path: Path) -> dict:
+def _hub_state(f: Path) -> dict:
     """The state_dict of an exported hub folder (safetensors: tensors only, never code)."""
-    f = path / runs.HUB_WEIGHTS
     try:
         from safetensors.torch import load_file
     except ImportError:

@@ -16,7 +16,9 @@ they match `--no-tta` (tested).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,32 +30,80 @@ from ..data.images import collect_inputs
 
 
 class OnnxClassifier:
-    """An exported model and what its metadata says: class names, characters, source runs, TTA settings."""
+    """An exported model and what its metadata says: class names, characters, source runs, TTA settings.
+
+    The file may come from anyone: it is checked before it runs, and what its runs allocate is capped
+    (`_check_ops`, `_check_io`, `_capped_arena`; docs/export-deploy.md), each refusal one DataError.
+    """
 
     def __init__(self, path: str | Path):
         import onnxruntime as ort
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: file not found")
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        from ..core.files import check_input  # a FIFO would block onnxruntime's read forever
+        check_input(self.path, DataError)
+        with open(self.path, "rb") as f:  # one read: what is checked is what onnxruntime loads
+            model = f.read(MAX_FILE_BYTES + 1)
+        if len(model) > MAX_FILE_BYTES:
+            raise DataError(f"{self.path}: larger than {MAX_FILE_BYTES >> 20} MiB; not a model kmnist-fa exports")
+        _check_ops(self.path, model)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # its failures become one DataError line, not log lines on stderr
+        opts.add_session_config_entry("session.load_model_format", "ONNX")  # the bytes checked, not an ORT file
+        opts.add_session_config_entry("session.use_env_allocators", "1")  # run memory from the capped arena
+        opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")  # weights: file-bounded
+        _capped_arena()
+        try:  # constant folding would run ops while loading, outside the arena's cap
+            self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=["ConstantFolding"])
         except Exception as e:  # onnxruntime raises its own types for garbage files
             raise DataError(f"{self.path}: not a loadable ONNX model ({type(e).__name__})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        try:
-            self.classes = json.loads(meta["kmnist_fa.classes"])
-            self.chars = json.loads(meta["kmnist_fa.chars"])
-            self.members = json.loads(meta["kmnist_fa.members"])
-        except (KeyError, ValueError):
-            raise DataError(f"{self.path}: not exported by kmnist-fa (no class names in its metadata)") from None
-        if not (isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)):
+        if not all(k in meta for k in ("kmnist_fa.classes", "kmnist_fa.chars", "kmnist_fa.members")):
+            raise DataError(f"{self.path}: not exported by kmnist-fa (no class names in its metadata)")
+        self.classes = self._meta(meta, "kmnist_fa.classes")
+        self.chars = self._meta(meta, "kmnist_fa.chars")
+        self.members = self._meta(meta, "kmnist_fa.members")
+        if not (isinstance(self.classes, list) and self.classes and all(isinstance(c, str) for c in self.classes)):
             raise DataError(f"{self.path}: its class names are not a list of strings")
-        try:  # the exported run's TTA settings; files exported before they were recorded take the defaults
-            self.tta = TtaSettings.from_json(json.loads(meta.get("kmnist_fa.tta", "{}")), f"{self.path} metadata")
-        except ValueError:
-            raise DataError(f"{self.path}: its TTA settings are not JSON") from None
+        if self.chars is not None and not (isinstance(self.chars, list) and len(self.chars) == len(self.classes)
+                                           and all(isinstance(c, str) for c in self.chars)):
+            raise DataError(f"{self.path}: its characters are not a string for each of its {len(self.classes)} "
+                            "classes")
+        if not (isinstance(self.members, list) and self.members
+                and all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in self.members)):
+            raise DataError(f"{self.path}: its metadata does not name the runs it was exported from")
+        # the exported run's TTA settings; files exported before they were recorded take the defaults
+        self.tta = TtaSettings.from_json(self._meta(meta, "kmnist_fa.tta", "{}"), f"{self.path} metadata")
+        if self.tta.n > MAX_FILE_TTA_N:
+            raise DataError(f"{self.path}: its TTA settings ask for {self.tta.n:,} passes (at most "
+                            f"{MAX_FILE_TTA_N:,}; --tta-n sets more)")
+        self._check_io()
         self.name = self.path.name
+
+    def _meta(self, meta: dict[str, str], key: str, default: str | None = None):
+        """A metadata value's JSON, bounded in size and depth so that a file's metadata cannot cost unbounded
+        memory or raise RecursionError."""
+        raw = meta.get(key, default)
+        if len(raw) > MAX_META_CHARS:
+            raise DataError(f"{self.path}: its metadata {key} is over {MAX_META_CHARS >> 10} KiB")
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):  # ints over Python's digit limit are ValueErrors too
+            raise DataError(f"{self.path}: its metadata {key} is not JSON kmnist-fa wrote") from None
+
+    def _check_io(self) -> None:
+        """Refuse a graph that `_run` could not feed or read, before any input is read."""
+        ins, outs = self.session.get_inputs(), {o.name: o for o in self.session.get_outputs()}
+        if len(ins) != 1 or ins[0].name != "images" or not _fits(ins[0], [None, 28, 28]):
+            got = ", ".join(f"{i.name!r} {i.type} {i.shape}" for i in ins[:3])
+            raise DataError(f"{self.path}: its graph must take one input, 'images': float, any batch x 28 x 28 "
+                            f"(it takes {got[:160] or 'none'})")
+        p = outs.get("probs")
+        if p is None or not _fits(p, [None, len(self.classes)]):
+            got = f"{p.type} {p.shape}" if p else f"outputs {', '.join(repr(n) for n in list(outs)[:3])}"
+            raise DataError(f"{self.path}: its graph must output 'probs': float, batch x {len(self.classes)} "
+                            f"(its metadata's classes); it has {got[:160]}")
 
     def settings(self, tta: bool | None = None, n: int | None = None) -> TtaSettings:
         """The file's TTA settings, with TTA switched on or off by `tta` and its passes set by `n` when given;
@@ -78,8 +128,120 @@ class OnnxClassifier:
         return aug + s.beta * (clean - aug)
 
     def _run(self, x: np.ndarray, bs: int) -> np.ndarray:
-        return np.concatenate([self.session.run(["probs"], {"images": x[i:i + bs]})[0]
-                               for i in range(0, len(x), bs)])
+        return np.concatenate([self._batch(x[i:i + bs]) for i in range(0, len(x), bs)])
+
+    def _batch(self, x: np.ndarray) -> np.ndarray:
+        """One batch's probabilities; a graph that fails or hands back another shape than its declared one (a
+        symbolic dimension promises nothing) is the file's fault, said in one line."""
+        try:
+            probs = self.session.run(["probs"], {"images": x})[0]
+        except Exception as e:  # onnxruntime's own types; the arena's cap among them
+            reason = (str(e).splitlines() or [""])[0]  # onnxruntime's: where, then why
+            raise DataError(f"{self.path}: its graph failed on {len(x)} images ({type(e).__name__}: "
+                            f"{'...' if len(reason) > 160 else ''}{reason[-160:]})") from None
+        want = (len(x), len(self.classes))
+        if not (isinstance(probs, np.ndarray) and probs.dtype == np.float32 and probs.shape == want):
+            raise DataError(f"{self.path}: its graph gave 'probs' of shape {getattr(probs, 'shape', '?')} for "
+                            f"{len(x)} images, not {want}")
+        return probs
+
+
+def _fits(arg, dims: list[int | None]) -> bool:
+    """Whether a graph input or output is float32 with `dims`' rank; None: a dimension that must be symbolic
+    (any batch size), an int: that size or a symbolic one."""
+    return arg.type == "tensor(float)" and len(arg.shape) == len(dims) and all(
+        not isinstance(d, int) if w is None else d == w or not isinstance(d, int) for d, w in zip(arg.shape, dims))
+
+
+# The ai.onnx ops a classifier's inference graph needs: all those `kmnist-fa export` writes for the built-in
+# architectures, alone or as an ensemble (tested), and the common layers of ones registered elsewhere. None
+# repeats (Loop, Scan) or builds a tensor whose size is read from data (ConstantOfShape, Expand, Tile, Range,
+# Pad, Resize), so refusing every other op bounds a file's time; the arena's cap bounds what hostile attributes
+# or inputs of these (a Conv's pads, a Gather's indices) could still allocate.
+ALLOWED_OPS = frozenset("""
+    Abs Add ArgMax AveragePool BatchNormalization Cast Clip Concat Constant Conv Div Dropout Elu Equal Erf Exp
+    Flatten Gather Gelu Gemm GlobalAveragePool GlobalMaxPool Greater HardSigmoid HardSwish Identity
+    InstanceNormalization LayerNormalization LeakyRelu Less Log LogSoftmax MatMul Max MaxPool Mean Min Mish Mul
+    Neg Not Pow PRelu Reciprocal ReduceMax ReduceMean ReduceMin ReduceSum Relu Reshape Shape Sigmoid Slice
+    Softmax Softplus Split Sqrt Squeeze Sub Sum Tanh Transpose Unsqueeze Where""".split())
+MAX_FILE_BYTES = 512 << 20  # an ensemble of ten xresnet18s is under 450 MiB
+MAX_FIELDS = 1 << 20  # protobuf fields read to list a graph's ops: an ensemble of ten xresnet18s has ~10,000
+MAX_META_CHARS = 1 << 20  # class names, characters, members: K49's are a few KiB
+MAX_RUN_BYTES = 2 << 30  # the arena all sessions' runs share: a 256-image batch of two xresnet18s runs in 256 MiB
+MAX_FILE_TTA_N = 1000  # a file's default passes; --tta-n may ask for more
+
+
+@functools.cache
+def _capped_arena() -> None:
+    """Register, once per process, the CPU arena that sessions with `session.use_env_allocators` share, capped at
+    MAX_RUN_BYTES: an allocation beyond it fails in onnxruntime instead of taking the machine's memory."""
+    import onnxruntime as ort
+
+    ort.create_and_register_allocator(
+        ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
+        ort.OrtArenaCfg({"max_mem": MAX_RUN_BYTES, "arena_extend_strategy": 1}))  # 1: grow by what is asked
+
+
+def _check_ops(path: Path, model: bytes) -> None:
+    """Refuse a graph with ops outside ALLOWED_OPS or with model-local functions, read from the protobuf wire
+    format (ModelProto.graph = 7, .functions = 25; GraphProto.node = 1) because the runtime does not depend on
+    the `onnx` package."""
+    budget = iter(range(MAX_FIELDS))  # shared by every message read, so tiny fields by the million cost no time
+    try:
+        top = list(_fields(memoryview(model), budget))
+        if any(number == 25 for number, _ in top):
+            raise DataError(f"{path}: its graph defines functions of its own, which the runtime does not run "
+                            "(`kmnist-fa export` writes none)")
+        ops = {_op(node, budget) for number, graph in top if number == 7
+               for kind, node in _fields(graph, budget) if kind == 1}
+    except ValueError as e:
+        raise DataError(f"{path}: not a loadable ONNX model ({e})") from None
+    other = sorted(ops - ALLOWED_OPS)
+    if other:
+        raise DataError(f"{path}: its graph uses {', '.join(o[:40] for o in other[:5])}, which the runtime does not "
+                        "run: no classifier needs them, and they could allocate or loop without bound")
+
+
+def _op(node: memoryview, budget: Iterator[int]) -> str:
+    """A NodeProto's op type (field 4), prefixed by its domain (7) unless that is ai.onnx's."""
+    strings = {number: bytes(v).decode("utf-8", "replace") for number, v in _fields(node, budget)  # the last wins
+               if number in (4, 7)}
+    op, domain = strings.get(4, ""), strings.get(7, "")
+    return op if domain in ("", "ai.onnx") else f"{domain}:{op}"
+
+
+def _fields(msg: memoryview, budget: Iterator[int]) -> Iterator[tuple[int, memoryview]]:
+    """(number, value) of a protobuf message's length-delimited fields, the others skipped, each field taking one
+    from `budget`; ValueError for bytes that are not a protobuf message or spend the budget."""
+    i = 0
+    while i < len(msg):
+        if next(budget, None) is None:
+            raise ValueError(f"over {MAX_FIELDS:,} protobuf fields")
+        key, i = _varint(msg, i)
+        kind = key & 7
+        if kind == 0:
+            _, i = _varint(msg, i)
+        elif kind in (1, 5):
+            i += 8 if kind == 1 else 4
+        elif kind == 2:
+            size, i = _varint(msg, i)
+            if i + size <= len(msg):
+                yield key >> 3, msg[i:i + size]
+            i += size
+        else:  # groups (3, 4) are not in ONNX's schema; 6 and 7 are not wire types
+            raise ValueError(f"not protobuf: wire type {kind}")
+        if i > len(msg):
+            raise ValueError("not protobuf: truncated")
+
+
+def _varint(msg: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while i < len(msg) and shift < 64:
+        b = msg[i]
+        value, i, shift = value | (b & 0x7F) << shift, i + 1, shift + 7
+        if b < 0x80:
+            return value, i
+    raise ValueError("not protobuf: a bad varint")
 
 
 def _shift_rotate(x: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:

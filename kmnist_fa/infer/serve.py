@@ -13,10 +13,20 @@ their headers claim, decoding and prediction run in worker threads so one slow i
 never holds the event loop, run and class names (from run.json and a dataset's
 classmap) reach the page escaped or as `textContent`, and a Content-Security-Policy
 lets only the page's own nonce-tagged script run and only the app's own font load.
+
+Memory is bounded across requests, not only per request: a 169 KB PNG can declare
+6324x6324 RGBA (160 MB decoded, several times that while framed), so an image's size
+is read from its header and held to `MAX_PIXELS` before any pixel is decoded; at most
+`max_concurrent` images are decoded and predicted at once and at most `MAX_UPLOADS`
+bodies are held; past either the answer is 503 with Retry-After rather than a queue,
+since a queue would hold each waiting upload's bytes. Peak RSS is then about the
+start-up figure plus `MAX_UPLOADS` bodies plus `max_concurrent` decodes
+(docs/export-deploy.md gives the measured figure).
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import io
@@ -33,7 +43,66 @@ from ..data.images import decode_image
 from .ensemble import check_members, combine, member_probs
 
 MAX_BYTES = 5 * 2**20
+# a 2000x2000 scan: a 28x28 classifier gains nothing from more, and one decode of it (RGBA, every pixel ink)
+# peaks near 120 MB in decode_image, against 1.5 GB for the 40-megapixel images `predict` accepts from files
+MAX_PIXELS = 4_000_000
+MAX_CONCURRENT = 2  # images decoded and predicted at once (`serve --max-concurrent`)
+MAX_UPLOADS = 8  # requests reading or holding an upload at once; each holds up to two copies of MAX_BYTES
+MAX_CONNECTIONS = 64  # uvicorn answers 503 past this many open connections (`limit_concurrency`)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
+# what Pillow may decode here, whatever the Content-Type said: no TIFF/PSD/EPS (EPS runs Ghostscript) parsers on
+# untrusted uploads; MPO is how Pillow names the JPEGs many phones write
+IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP"}
+
+
+class Refused(Exception):
+    """An upload answered with an HTTP error before its pixels are decoded."""
+
+    def __init__(self, status: int, msg: str):
+        super().__init__(msg)
+        self.status = status
+
+
+def check_header(data: bytes) -> None:
+    """Refuse, from the header alone, images over the pixel budget or of formats the demo does not decode.
+
+    `Image.open` reads no pixels, and only the first frame of an animation is ever
+    decoded, so what the header declares bounds what `decode_image` allocates.
+    Unreadable data passes: `decode_image` opens it the same way and says why in the
+    words `predict` uses. PIL's own bomb limits (a warning at 89 megapixels, an error
+    at 179) lie far above the budget; either, raised, is a 413 like the budget's.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, (w, h) = im.format, im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning: where a filter raises it
+        raise Refused(413, f"image is over {MAX_PIXELS:,} pixels; send a smaller one") from None
+    except Exception:  # whatever Pillow raises on garbage, decode_image raises again and reports
+        return
+    if fmt not in IMAGE_FORMATS:
+        raise Refused(415, f"{fmt} images are not accepted; send PNG, JPEG, GIF, WebP or BMP")
+    if w * h > MAX_PIXELS:
+        raise Refused(413, f"image is {w}x{h}, over the {MAX_PIXELS:,}-pixel budget; send a smaller one")
+
+
+class Gate:
+    """At most `limit` requests in one stage; the next is refused, not queued. Used from the event loop only."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    @contextlib.contextmanager
+    def slot(self):
+        if self.held >= self.limit:
+            yield False
+            return
+        self.held += 1
+        try:
+            yield True
+        finally:
+            self.held -= 1
 
 
 class Predictor:
@@ -61,7 +130,7 @@ def png_data_url(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def create_app(predictor: Predictor):
+def create_app(predictor: Predictor, max_concurrent: int = MAX_CONCURRENT):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -71,7 +140,12 @@ def create_app(predictor: Predictor):
     def error(status: int, msg: str) -> JSONResponse:
         return JSONResponse({"error": msg}, status_code=status)
 
+    def busy(what: str) -> JSONResponse:
+        return JSONResponse({"error": f"busy ({what}); try again in a moment"}, status_code=503,
+                            headers={"Retry-After": "1"})
+
     too_large = f"upload too large (limit {MAX_BYTES:,} bytes)"
+    uploads, decodes = Gate(MAX_UPLOADS), Gate(max_concurrent)
     models = html.escape(", ".join(m.name for m in predictor.members) + (" (TTA)" if predictor.tta else ""))
 
     font = kana_font_file()
@@ -90,17 +164,42 @@ def create_app(predictor: Predictor):
         return FileResponse(font, media_type="font/ttf", headers={
             "Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"})
 
-    async def capped_body(request: Request) -> bytes | None:
+    async def capped_body(request: Request, keep: bool = True) -> bytes | None:
         """The body, or None once it passes MAX_BYTES (chunked uploads have no Content-Length to trust)."""
         chunks, n = [], 0
         async for chunk in request.stream():
             n += len(chunk)
             if n > MAX_BYTES + 64 * 1024:  # room for the multipart framing around a MAX_BYTES image
                 return None
-            chunks.append(chunk)
+            if keep:
+                chunks.append(chunk)
         return b"".join(chunks)
 
     async def predict(request: Request):
+        with uploads.slot() as admitted:
+            if not admitted:
+                await capped_body(request, keep=False)  # so a client still sending gets the 503, not a reset
+                return busy(f"{MAX_UPLOADS} uploads in progress")
+            got = await read_upload(request)
+            if isinstance(got, JSONResponse):
+                return got
+            data, name = got
+            try:
+                await run_in_threadpool(check_header, data)
+            except Refused as e:
+                return error(e.status, str(e))
+            with decodes.slot() as admitted:
+                if not admitted:
+                    return busy(f"{max_concurrent} images being decoded")
+                try:
+                    img = await run_in_threadpool(decode_image, data, name)
+                except DataError as e:
+                    return error(400, str(e))
+                top = await run_in_threadpool(predictor, img)
+        return JSONResponse({"top": top, "seen": png_data_url(img)})
+
+    async def read_upload(request: Request) -> tuple[bytes, str] | JSONResponse:
+        """The image's bytes (and what to call them in errors) from a raw body or a form's `file` field."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
         try:
             if int(request.headers.get("content-length") or 0) > MAX_BYTES + 64 * 1024:
@@ -127,12 +226,7 @@ def create_app(predictor: Predictor):
             return error(413, too_large)
         if not data:
             return error(400, "empty upload")
-        try:
-            img = await run_in_threadpool(decode_image, data, name)
-        except DataError as e:
-            return error(400, str(e))
-        top = await run_in_threadpool(predictor, img)
-        return JSONResponse({"top": top, "seen": png_data_url(img)})
+        return data, name
 
     routes = [Route("/", index), Route("/predict", predict, methods=["POST"])]
     return Starlette(routes=routes + ([Route(font_url, kana_font)] if font else []))
@@ -183,7 +277,7 @@ document.getElementById('file').onchange=e=>{const f=e.target.files[0];if(!f)ret
   const fd=new FormData();fd.append('file',f);send(fd,null);};
 async function send(body,type){
   const opts={method:'POST',body};if(type)opts.headers={'Content-Type':type};
-  const r=await fetch('/predict',opts);const j=await r.json();
+  const r=await fetch('/predict',opts);const j=await r.json().catch(()=>({error:r.status+' '+r.statusText}));
   if(!r.ok){show(null);document.getElementById('error').textContent=j.error;return;}
   show(j);}
 function show(j){

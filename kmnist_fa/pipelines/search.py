@@ -32,12 +32,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .. import runs
 from ..config.options import OPTIONS, SWEEPABLE, TrainConfig, recipe_values
 from ..core.atomic import write_csv, write_text
 from ..core.errors import KmnistError, OptionError
 from ..core.interrupts import Terminated
+from ..core.secrets import one_line, redact
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -125,45 +127,82 @@ def storage_url(spec: StudySpec) -> str:
     return spec.storage or str(Path(spec.root) / STORAGE_FILE)
 
 
-def shown_url(url: str) -> str:
-    """A storage URL for messages: the password of `user:password@host` never reaches a terminal or log."""
-    import re
+def _journal(url: str):
+    """A journal file; only a path ending in .journal is taken for one, so that a mistyped URL
+    (`--storage notaurl`, `postgres:/host`) is refused instead of silently becoming a file."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
-    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", url)[:200]
+    if not url.endswith(".journal"):
+        raise OptionError(f"--storage {redact(url)}: neither a storage URL (postgresql://..., mysql://..., "
+                          "sqlite:///FILE, grpc://HOST:PORT) nor a journal file (a path ending in .journal)")
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(url))
+
+
+def _grpc(url: str):
+    """Optuna's gRPC storage proxy at grpc://HOST:PORT. It has no logins: a user or password in the URL would
+    only be sent on as part of the host name, into grpc's errors."""
+    import optuna
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.username is not None or parts.password is not None or not parts.hostname or port is None:
+        raise OptionError(f"--storage {redact(url)}: a gRPC storage is grpc://HOST:PORT (no user or password)")
+    return optuna.storages.GrpcStorageProxy(host=parts.hostname, port=port)
 
 
 def _storage(spec: StudySpec):
-    import optuna
-    from optuna.storages import (
-        JournalStorage,
-        RDBStorage,
-        RetryHeartbeatStaleTrialCallback,
-    )
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = storage_url(spec)
-    try:
-        if url.startswith("grpc://"):
-            host, _, port = url[len("grpc://"):].rpartition(":")
-            return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
-        if "://" in url:  # an RDB: heartbeats let workers on other machines fail and retry a dead worker's trial
-            return RDBStorage(url, heartbeat_interval=60, grace_period=180,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                  inherit_intermediate_values=True))
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
-    except Exception as e:  # sqlalchemy's and grpc's errors for bad URLs, missing drivers, unreachable servers
-        why = shown_url(" ".join(str(e).split("(Background on this error")[0].split()))
-        raise OptionError(f"--storage {shown_url(url)}: cannot open ({type(e).__name__}: {why})") from None
+    if "://" not in url:
+        return _journal(url)
+    if url.startswith("grpc://"):
+        return _grpc(url)
+    try:  # an RDB: heartbeats let workers on other machines fail and retry a dead worker's trial
+        return RDBStorage(url, heartbeat_interval=60, grace_period=180,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                              inherit_intermediate_values=True))
+    except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, unreachable servers
+        raise OptionError(f"--storage {redact(url)}: cannot open ({_client_message(e)})") from None
 
 
-def _sampler(spec: StudySpec):
-    """TPE or random; a grid is enqueued up front instead (`enqueue_grid`), so its sampler is never asked."""
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What the storages' clients raise for a server that cannot be reached or refuses the login."""
+    import sqlalchemy.exc
+
+    errors: list[type[BaseException]] = [sqlalchemy.exc.SQLAlchemyError]
+    with contextlib.suppress(ImportError):  # grpcio comes with Optuna's optional gRPC support
+        import grpc
+
+        errors.append(grpc.RpcError)
+    return tuple(errors)
+
+
+def _client_message(e: BaseException) -> str:
+    """A storage client's error on one line, redacted: grpc's repeats the target and SQLAlchemy's the URL."""
+    if callable(getattr(e, "details", None)) and e.details():  # grpc: the status, without its debug dump
+        return redact(f"{e.code().name}: {' '.join(e.details().split())}")[:300]
+    return one_line(e).split(" (Background on")[0]  # SQLAlchemy's link to its documentation
+
+
+def _sampler(spec: StudySpec, trial: int = 0):
+    """TPE or random, seeded from the study's seed and the trial's number: workers that join a study together
+    draw differently (one seed for all drew the same first parameters in each), and a one-worker study
+    draws the same again from the same seed. A grid is enqueued up front instead (`enqueue_grid`), so its
+    sampler is never asked."""
+    import random
+
     import optuna
 
+    seed = random.Random(f"{spec.seed}/{trial}").getrandbits(32)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed)
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def enqueue_grid(study, spec: StudySpec, budget: int) -> int:
@@ -225,11 +264,14 @@ def open_study(spec: StudySpec):
                 study.set_user_attr(k, v)
             study.set_user_attr("identity", spec.identity)
     except (ValueError, KeyError, TypeError, AssertionError) as e:  # Optuna asserts on records it does not know
-        raise OptionError(f"{shown_url(storage_url(spec))}: the study's storage is damaged ({type(e).__name__}); "
+        raise OptionError(f"{redact(storage_url(spec))}: the study's storage is damaged ({type(e).__name__}); "
                           "move it aside to start the study again (finished runs stay in their folders)") from None
+    except _client_errors() as e:  # a gRPC proxy is first reached here
+        raise OptionError(f"--storage {redact(storage_url(spec))}: cannot reach the storage "
+                          f"({_client_message(e)})") from None
     if stored is not None and stored != spec.identity:
         diff = [k for k in set(stored) | set(spec.identity) if stored.get(k) != spec.identity.get(k)]
-        raise OptionError(f"study {spec.study!r} in {shown_url(storage_url(spec))} was started with other "
+        raise OptionError(f"study {spec.study!r} in {redact(storage_url(spec))} was started with other "
                           f"{', '.join(sorted(diff))}; repeat its options, or give another --study/--name")
     _STORAGES[study] = storage
     return study
@@ -335,6 +377,7 @@ def claim(study, spec: StudySpec):
             if spec.budget is None or len({original(t) for t in trials}) >= spec.budget:
                 return None
         trial = study.ask()
+        study.sampler = _sampler(spec, trial.number)  # samplers draw at `suggest`, after the number is known
         trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
         return trial
 
@@ -452,7 +495,7 @@ def run_trial(study, trial, spec: StudySpec, outcome: dict[str, str]) -> None:
             study.tell(trial, state=TrialState.PRUNED)
             return
         except Exception as e:  # one broken trial must not stop the study: recorded and reported
-            outcome[path.name] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+            outcome[path.name] = f"failed: {one_line(e)}"  # a tracker's or storage's error may hold its URL
             trial.set_user_attr("error", outcome[path.name])
             study.tell(trial, state=TrialState.FAIL)
             return
@@ -564,7 +607,7 @@ def run_workers(spec: StudySpec, jobs: int = 1, threads: int | None = None) -> d
                 try:
                     outcome.update(f.result())
                 except Exception as e:
-                    outcome[f"worker {i}"] = f"failed: {type(e).__name__}: {e}"
+                    outcome[f"worker {i}"] = f"failed: {one_line(e)}"
         except Terminated:  # reached this process alone: stop the workers as Ctrl-C would, then wait for them
             pool.shutdown(wait=False, cancel_futures=True)  # a worker not yet at its task never starts it
             for p in mp.active_children():

@@ -233,9 +233,14 @@ def resume(name_or_path: str | Path, root: str | Path | None = None, quiet: bool
     """Continue an interrupted run from its last committed epoch, schedule and RNG included.
 
     A run that stopped before committing its first epoch starts again from scratch
-    with its saved options, which gives the same result as never having stopped.
+    with its saved options, which gives the same result as never having stopped. One
+    killed before it saved them (run.json: while loading data or finding a learning
+    rate) left nothing to resume, and `train` with its name starts it again.
     """
     path = runs.run_path(name_or_path, root)
+    if all(p.match(".*.tmp") for p in path.iterdir()):  # empty, or only a killed write's temp files
+        raise RunError(f"{path}: the run stopped before it saved its options ({runs.RUN_FILE}), so there is "
+                       f"nothing to resume; `kmnist-fa train` with its options and --name {path.name} starts it again")
     cuda = default_device(RunRecord.read(path).config.cpu).type == "cuda"
     job = _Job(path=path, name=path.name, root=root, quiet=quiet, progress=progress, data=data, cbs=cbs, log=log)
     with ddp.process_group(cuda):

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..config.options import OPTIONS, TrainConfig, coerce
 from ..core.atomic import write_json
 from ..core.errors import OptionError, RunError
+from ..core.files import open_regular
 from ..core.labels import class_label
 from .paths import HUB_CONFIG, NAME_RE, RUN_FILE, is_hub_folder
 
@@ -295,14 +296,14 @@ class RunRecord:
         hub = is_hub_folder(path)
         f = path / (HUB_CONFIG if hub else RUN_FILE)
         try:
-            with open(f, "rb") as fh:
+            with open_regular(f) as fh:
                 raw = fh.read(MAX_RUN_JSON + 1)
         except FileNotFoundError:
             raise RunError(f"{f}: missing (not a kmnist-fa run folder)") from None
         except OSError as e:
             raise RunError(f"{f}: cannot be read ({e.strerror})") from None
         if len(raw) > MAX_RUN_JSON:
-            raise RunError(f"{f}: larger than {MAX_RUN_JSON >> 20} MiB; not a run.json kmnist-fa wrote")
+            raise RunError(f"{f}: larger than {MAX_RUN_JSON >> 20} MiB; not a record kmnist-fa wrote")
         try:
             d = json.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints over Python's digit limit

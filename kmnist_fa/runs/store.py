@@ -23,10 +23,11 @@ class Unreadable:
 
 
 def list_runs(root: str | Path | None = None) -> list[RunRecord | Unreadable]:
-    """Every run under the models dir, sorted by folder; one bad run.json never hides the others."""
+    """Every run under the models dir, sorted by folder; one bad run.json never hides the others, and one that
+    is not a regular file (a FIFO would block the listing's read forever) is no run at all."""
     base = models_dir(root)
     out: list[RunRecord | Unreadable] = []
-    for p in sorted(base.glob(f"**/{RUN_FILE}")):
+    for p in sorted(q for q in base.glob(f"**/{RUN_FILE}") if q.is_file()):
         try:
             out.append(RunRecord.read(p.parent))
         except KmnistError as e:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.atomic import write_with
 from ..core.errors import RunError
+from ..core.files import check_input
 
 
 def cpu_state(model) -> dict:
@@ -27,6 +28,7 @@ def load_state(file: str | Path, device="cpu") -> dict:
     file = Path(file)
     if not file.exists():
         raise RunError(f"{file}: missing")
+    check_input(file, RunError)  # a FIFO or device would hang torch.load or feed it forever
     try:
         return torch.load(file, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbage files

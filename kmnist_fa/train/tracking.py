@@ -9,22 +9,29 @@ so a resumed run's curves continue where the first part stopped.
 `--track mlflow` logs to `MLFLOW_TRACKING_URI` (MLflow's default otherwise): the typed
 config as parameters, each epoch's row of history.csv as metrics, and the run folder as
 artifacts. A resumed run continues its MLflow run; members of a sweep or tune are child
-runs of one parent run per study (MLflow's `mlflow.parentRunId` tag).
+runs of one parent run per study (MLflow's `mlflow.parentRunId` tag). The tracking server
+is reached once when the tracker is set up, before any run folder exists: one that cannot
+be is a one-line error, since a run meant to be tracked should not quietly go untracked.
+A password in the URI never reaches a message (`core.secrets`).
 
 Both need the `track` extra: `pip install "kmnist-fa[track]"`. Only rank 0 logs.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
+import os
 from pathlib import Path
+from unittest import mock
 
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib
 
 from ..core.errors import OptionError
 from ..core.plots import class_labels, plot_confusion_matrix
+from ..core.secrets import one_line, redact
 from ..runs.record import RunRecord
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -64,7 +71,31 @@ def check_trackers(names: list[str] | None) -> list[str]:
             raise OptionError(f"--track {n}: needs {needs}: pip install 'kmnist-fa[track]'")
         if n not in out:
             out.append(n)
+    if "mlflow" in out:
+        _reach_mlflow()
     return out
+
+
+def _reach_mlflow() -> None:
+    """Ask the tracking server for one experiment, failing fast: MLflow itself retries an unreachable server
+    for minutes, then fails inside the first epoch with its URI, password included, in a long traceback."""
+    import mlflow
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT,
+    )
+
+    uri = mlflow.get_tracking_uri()
+    if redact(uri) != uri:  # MLflow prints a link to every run it ends, built from the URI
+        os.environ[MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name] = "true"
+    with mock.patch.dict(os.environ, {MLFLOW_HTTP_REQUEST_MAX_RETRIES.name: "0",
+                                      MLFLOW_HTTP_REQUEST_TIMEOUT.name: "10"}):
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as e:  # MLflow's, requests' and SQLAlchemy's many errors for a server out of reach
+            raise OptionError(f"--track mlflow: cannot reach the tracking server {redact(uri)} "
+                              f"({one_line(e)})") from None
 
 
 def callbacks(names: list[str] | None, parent: str | None = None) -> list[Callback]:
@@ -142,6 +173,18 @@ def _confusion_figure(learn):
     return plot_confusion_matrix(counts.numpy(), class_labels(vocab, chars))
 
 
+@contextlib.contextmanager
+def _mlflow_errors():
+    """MLflow's errors (a server lost mid-run) as one line: they name the tracking URI, password and all,
+    at the end of pages of traceback. Used as a decorator."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as e:  # OSError: requests' errors, a full disk under a local store
+        raise OptionError(f"--track mlflow: {one_line(e)}") from None
+
+
 class MLflowRun(Callback):
     """One MLflow run per run folder: config as parameters, history rows as metrics, the folder as artifacts."""
 
@@ -150,6 +193,7 @@ class MLflowRun(Callback):
     def __init__(self, parent: str | None = None):
         self.parent = parent
 
+    @_mlflow_errors()
     def before_fit(self):
         self.active = not hasattr(self.learn, "lr_finder") and not hasattr(self, "gather_preds") \
             and rank_distrib() == 0
@@ -173,6 +217,7 @@ class MLflowRun(Callback):
             mlflow.log_params(rec.config.flat())
         self.logged = len(rec.history)  # rows an earlier part of the run has logged already
 
+    @_mlflow_errors()
     def after_epoch(self):
         if not self.active:
             return
@@ -183,6 +228,7 @@ class MLflowRun(Callback):
                                     step=int(row["epoch"]))
         self.logged = len(history)
 
+    @_mlflow_errors()
     def after_fit(self):
         if not self.active:
             return
@@ -195,6 +241,7 @@ class MLflowRun(Callback):
             self.mlflow.end_run()
 
 
+@_mlflow_errors()
 def parent_run(study: str, kind: str, params: dict) -> str:
     """An MLflow parent run for a sweep or tune (created once, found again when the study continues)."""
     import mlflow

@@ -123,9 +123,9 @@ def main() -> None:
         except RunError as e:
             if "already complete" in str(e):  # killed after the finish was committed: nothing to do
                 return
-            if "run.json: missing" not in str(e):
+            if "nothing to resume" not in str(e):
                 raise
-            train(cfg, name="run", root=root, **quiet)  # killed before it wrote anything: start it again
+            train(cfg, name="run", root=root, **quiet)  # killed before it saved its options: start it again
 
     events_file = work / "events.txt"
     assert _fork(lambda: run(work / "reference", events_file)) == 0, "the uninterrupted run failed"

@@ -155,6 +155,18 @@ def test_predict_to_dev_stdout_through_a_pipe(lenet_run, png):
     assert os.lstat("/dev/stdout").st_mode == before  # the system's link, not renamed over by a regular file
 
 
+def test_dev_stdout_appended_by_the_shell_keeps_what_the_file_held(tmp_path):
+    """`>> log`: /dev/stdout is a link to the log file; renaming over it (or reopening it) would lose the log."""
+    log = tmp_path / "log.txt"
+    log.write_text("earlier line\n")
+    code = "from kmnist_fa.core.atomic import write_text; write_text('/dev/stdout', 'Id,Category\\n')"
+    with open(log, "a") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, cwd=ROOT, timeout=60)
+    assert log.read_text() == "earlier line\nId,Category\n"
+    with pytest.raises(OutputError, match="an open file descriptor's name; use - for standard output"):
+        write_text("/dev/fd/7", "x")
+
+
 def test_ensemble_out_to_stdout(lenet_run, kmnist_dir):
     r = run("ensemble", lenet_run.path, "--data", kmnist_dir, "--out", "-")
     assert r.exit_code == 0, r.output

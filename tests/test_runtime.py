@@ -210,7 +210,26 @@ def _constant_of_shape(model, ox) -> None:
     g.output.append(ox.helper.make_tensor_value_info("bomb", ox.TensorProto.FLOAT, [1 << 40]))
 
 
+def _external_weights(model, ox) -> None:
+    """A weight whose bytes onnxruntime would read from another file (any the entry names)."""
+    t = model.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = ox.TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="/etc/passwd")
+
+
+def _external_constant(model, ox) -> None:
+    """The same, hidden in a Constant node's value attribute."""
+    value = ox.helper.make_tensor("c", ox.TensorProto.FLOAT, [1], [0.0])
+    value.ClearField("float_data")
+    value.data_location = ox.TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="secret.bin")
+    model.graph.node.insert(0, ox.helper.make_node("Constant", [], ["c_out"], value=value))
+
+
 HOSTILE = {  # edit of the plain export -> what the one line says
+    "external weights": (_external_weights, "its weights point at external files"),
+    "external constant": (_external_constant, "its weights point at external files"),
     "output name": (lambda m, ox: _rename(m, "probs", "p"), "its graph must output 'probs'"),
     "input name": (lambda m, ox: _rename(m, "images", "x"), "its graph must take one input, 'images'"),
     "input shape": (lambda m, ox: m.graph.input[0].type.tensor_type.shape.dim.add().CopyFrom(

@@ -270,5 +270,8 @@ def test_resume_of_a_run_killed_before_run_json_says_to_train_it_again(kmnist, t
         resume("early", root=tmp_path, quiet=True, data=kmnist)
     r = CliRunner().invoke(app, ["train", "--resume", "early", "--models-dir", str(tmp_path)])
     assert r.exit_code == 2 and "nothing to resume" in r.output and r.output.strip().count("\n") == 0, r.output
+    with runs.run_lock(tmp_path / "early"):  # a trainer still loading its data: not to be started again
+        with pytest.raises(RunError, match="another process is training this run"):
+            resume("early", root=tmp_path, quiet=True, data=kmnist)
     again = train(_cfg(kmnist, epochs=1), name="early", root=tmp_path, quiet=True, data=kmnist)
     assert again.record.complete and not list((tmp_path / "early").glob(".*.tmp"))

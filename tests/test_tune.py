@@ -51,7 +51,7 @@ def test_tune_cli_outputs_resume_and_extend(kmnist, tmp_path):
     assert [t["state"] for t in res["trials"]] == ["complete"] * 3
     assert set(res["outcome"].values()) == {"trained"} and len(res["outcome"]) == 3
     for t in res["trials"]:
-        assert 1e-3 <= t["lr"] <= 1e-2 and t["aug"] in ("none", "light") and t["acc_mean"] > 0.3
+        assert 1e-3 <= t["lr"] <= 1e-2 and t["aug"] in ("none", "light") and t["acc_mean"] > 0.2  # above chance (0.1): the trial trained
         rec = RunRecord.read(tmp_path / "s" / f"trial{t['trial']:03d}-holdout")
         assert rec.config.optim.lr == t["lr"] and rec.config.reg.aug == t["aug"]
         assert rec.config.extra["tune"] == {"study": "s", "trial": t["trial"], "params": {"lr": t["lr"], "aug": t["aug"]}}

@@ -180,7 +180,8 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
         show(m, say)
     for msg in res["notes"]:
         err.print(note("note:", "yellow", msg), highlight=False, soft_wrap=True)
-    if heatmap or (out_csv and not is_stdout(out_csv)):
+    # beside --out only when that is a file (a new or a regular one): not next to /dev/null or a FIFO
+    if heatmap or (out_csv and not is_stdout(out_csv) and (Path(out_csv).is_file() or not Path(out_csv).exists())):
         hm = heatmap or Path(out_csv).with_name(Path(out_csv).stem + "_disagreement.png")
         disagreement_heatmap(hm, res["names"], res["disagreement"])
         say.print(f"wrote {hm}")

@@ -5,8 +5,9 @@ over it. Whatever else a user names is written through or refused, never renamed
 rename would turn /dev/null into a regular file, as root, and send nothing down a pipe):
 a character device or a FIFO (/dev/stdout, a terminal, a named pipe) gets the bytes, `-`
 is standard output for text, and a folder, socket or block device is refused in one line.
-A symlink to a regular file is followed, so the link stays a link: /dev/stdout is one when
-the shell redirected the output to a file.
+A symlink to a regular file is followed, so the link stays a link. /dev/stdout (and its
+/dev/fd, /proc aliases) means the stream itself, like `-`: it is a link to the file the shell
+redirected the output to, which a rename would replace and a reopen would overwrite.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import errno
 import io
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -27,11 +29,15 @@ from .errors import OptionError, OutputError
 from .files import NONBLOCK, kind
 
 STDOUT = "-"
+# names of this process's own standard output: writing to one means the stream, wherever the shell sent it (a
+# file opened with `>>` among them, which renaming over would empty, and opening by name would overwrite)
+STDOUT_NAMES = {STDOUT, "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"}
+_FD_LINK = re.compile(r"^/(dev/(stderr|fd/\d+)|proc/(self|\d+)/fd/\d+)$")
 
 
 def is_stdout(path: str | os.PathLike | None) -> bool:
-    """Whether `path` is `-`, standard output (a file of that name is written as its full path)."""
-    return path is not None and str(path) == STDOUT
+    """Whether `path` names standard output (`-`, /dev/stdout); a file called `-` is written as `./-`."""
+    return path is not None and str(path) in STDOUT_NAMES
 
 
 def stdout_taken(files: dict[str, object], as_json: bool = False) -> bool:
@@ -51,8 +57,11 @@ def _target(path: Path, text: bool) -> Path | None:
     """The regular file to replace at `path` (its symlinks followed), or None to write through or to stdout."""
     if is_stdout(path):
         if not text:
-            raise OutputError("-: cannot write (a binary file goes to a file, not to stdout, which takes text only)")
+            raise OutputError(f"{path}: cannot write (a binary file goes to a file, not to stdout, which takes text "
+                              "only)")
         return None
+    if _FD_LINK.match(str(path)):  # another open stream of some process: its name is not where its bytes go
+        raise OutputError(f"{path}: cannot write (an open file descriptor's name; use - for standard output)")
     try:
         mode = os.stat(path).st_mode
     except OSError:  # nothing there (or not reachable): the rename's own steps say why if it fails
@@ -127,10 +136,11 @@ def _write_through(path: Path, data: bytes) -> None:
             sys.stdout.buffer.flush()
         except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-            raise OutputError("-: cannot write (the reader closed stdout before the end)") from None
+            raise OutputError(f"{path}: cannot write (the reader closed stdout before the end)") from None
         return
     try:
-        fd = os.open(path, os.O_WRONLY | NONBLOCK | getattr(os, "O_NOCTTY", 0))  # never our controlling terminal
+        # never our controlling terminal; O_BINARY: Windows would otherwise turn LF into CRLF
+        fd = os.open(path, os.O_WRONLY | NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
     except OSError as e:
         if e.errno == errno.ENXIO and stat.S_ISFIFO(os.stat(path).st_mode):
             raise OutputError(f"{path}: cannot write (a FIFO that nobody reads; start its reader first)") from None

@@ -42,7 +42,7 @@ NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has neither the flag n
 def open_regular(path: str | os.PathLike, mode: str = "rb", **kwargs) -> IO:
     """`open(path, mode, **kwargs)` for reading, refusing (NotRegularFile) anything but a regular file."""
     _require_regular(os.stat(path).st_mode)
-    fd = os.open(path, os.O_RDONLY | NONBLOCK)
+    fd = os.open(path, os.O_RDONLY | NONBLOCK | getattr(os, "O_BINARY", 0))  # Windows: no CRLF or ^Z translation
     try:
         _require_regular(os.fstat(fd).st_mode)
         if NONBLOCK:

@@ -15,8 +15,8 @@ MASK = "***"
 # the password of `scheme://user:password@`: up to the last @ before the path, so an unescaped @ in it is covered
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*):[^\s/]*@")
 # a query or fragment parameter whose name says it is a credential
-_PARAM = re.compile(r"(?P<head>[?&;#][^=&\s#]*(?:token|key|password|passwd|pwd|secret|signature|credential|auth)"
-                    r"[^=&\s#]*=)[^&;\s#]+", re.IGNORECASE)
+_PARAM = re.compile(r"(?P<head>[?&;#](?:[^=&\s#]*(?:token|key|password|passwd|pwd|secret|signature|credential|auth)"
+                    r"[^=&\s#]*|sig)=)[^&;\s#]+", re.IGNORECASE)  # sig: Azure's shared-access signature
 
 
 def redact(text: object) -> str:

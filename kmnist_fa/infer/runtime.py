@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config.options import TtaSettings
 from ..core.errors import DataError, OptionError
+from ..core.files import open_input
 from ..core.predictions import image_seed, prediction_rows
 from ..data.images import collect_inputs
 
@@ -40,9 +41,7 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         self.path = Path(path)
-        from ..core.files import check_input  # a FIFO would block onnxruntime's read forever
-        check_input(self.path, DataError)
-        with open(self.path, "rb") as f:  # one read: what is checked is what onnxruntime loads
+        with open_input(self.path, DataError) as f:  # one read of a regular file: what is checked is what runs
             model = f.read(MAX_FILE_BYTES + 1)
         if len(model) > MAX_FILE_BYTES:
             raise DataError(f"{self.path}: larger than {MAX_FILE_BYTES >> 20} MiB; not a model kmnist-fa exports")
@@ -51,7 +50,7 @@ class OnnxClassifier:
         opts.log_severity_level = 4  # its failures become one DataError line, not log lines on stderr
         opts.add_session_config_entry("session.load_model_format", "ONNX")  # the bytes checked, not an ORT file
         opts.add_session_config_entry("session.use_env_allocators", "1")  # run memory from the capped arena
-        opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")  # weights: file-bounded
+        opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")  # weights: in the file
         _capped_arena()
         try:  # constant folding would run ops while loading, outside the arena's cap
             self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"],
@@ -156,8 +155,9 @@ def _fits(arg, dims: list[int | None]) -> bool:
 # The ai.onnx ops a classifier's inference graph needs: all those `kmnist-fa export` writes for the built-in
 # architectures, alone or as an ensemble (tested), and the common layers of ones registered elsewhere. None
 # repeats (Loop, Scan) or builds a tensor whose size is read from data (ConstantOfShape, Expand, Tile, Range,
-# Pad, Resize), so refusing every other op bounds a file's time; the arena's cap bounds what hostile attributes
-# or inputs of these (a Conv's pads, a Gather's indices) could still allocate.
+# Pad, Resize), so refusing every other op leaves a file no loops; the arena's cap bounds what hostile attributes
+# or inputs of these (a Conv's pads, a Gather's indices) could still allocate. Time is not bounded: a chain of
+# large MatMuls within the cap can still run long (docs/export-deploy.md).
 ALLOWED_OPS = frozenset("""
     Abs Add ArgMax AveragePool BatchNormalization Cast Clip Concat Constant Conv Div Dropout Elu Equal Erf Exp
     Flatten Gather Gelu Gemm GlobalAveragePool GlobalMaxPool Greater HardSigmoid HardSwish Identity
@@ -192,14 +192,39 @@ def _check_ops(path: Path, model: bytes) -> None:
         if any(number == 25 for number, _ in top):
             raise DataError(f"{path}: its graph defines functions of its own, which the runtime does not run "
                             "(`kmnist-fa export` writes none)")
-        ops = {_op(node, budget) for number, graph in top if number == 7
-               for kind, node in _fields(graph, budget) if kind == 1}
+        ops = set()
+        for graph in (g for number, g in top if number == 7):
+            for kind, item in _fields(graph, budget):
+                if kind == 1:  # a node: its op, and the tensors its attributes hold (Constant's value)
+                    ops.add(_op(item, budget))
+                    for attr in (a for n, a in _fields(item, budget) if n == 5):
+                        _check_tensors(path, attr, {5: False, 10: False, 22: True, 23: True}, budget)
+                elif kind in (5, 15):  # initializer, sparse_initializer
+                    _check_tensor(path, item, kind == 15, budget)
     except ValueError as e:
         raise DataError(f"{path}: not a loadable ONNX model ({e})") from None
     other = sorted(ops - ALLOWED_OPS)
     if other:
         raise DataError(f"{path}: its graph uses {', '.join(o[:40] for o in other[:5])}, which the runtime does not "
                         "run: no classifier needs them, and they could allocate or loop without bound")
+
+
+def _check_tensors(path: Path, msg: memoryview, fields: dict[int, bool], budget: Iterator[int]) -> None:
+    """`_check_tensor` on the fields of `msg` that hold tensors (number -> whether sparse)."""
+    for number, value in _fields(msg, budget):
+        if number in fields:
+            _check_tensor(path, value, fields[number], budget)
+
+
+def _check_tensor(path: Path, tensor: memoryview, sparse: bool, budget: Iterator[int]) -> None:
+    """Refuse a TensorProto whose data lives in another file (external_data = 13): onnxruntime would read any file
+    the entry names, beyond the checked bytes and the memory cap. A sparse tensor's values (1) and indices (2)
+    are tensors."""
+    if sparse:
+        _check_tensors(path, tensor, {1: False, 2: False}, budget)
+    elif any(number == 13 for number, _ in _fields(tensor, budget)):
+        raise DataError(f"{path}: its weights point at external files, which the runtime does not read "
+                        "(`kmnist-fa export` keeps them inside the model)")
 
 
 def _op(node: memoryview, budget: Iterator[int]) -> str:

@@ -53,6 +53,7 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"
 # what Pillow may decode here, whatever the Content-Type said: no TIFF/PSD/EPS (EPS runs Ghostscript) parsers on
 # untrusted uploads; MPO is how Pillow names the JPEGs many phones write
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP"}
+OPEN_FORMATS = ["PNG", "JPEG", "GIF", "WEBP", "BMP"]  # Pillow's openers for them (JPEG's opens MPO too)
 
 
 class Refused(Exception):
@@ -74,12 +75,14 @@ def check_header(data: bytes) -> None:
     """
     from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(data)) as im:
+    try:  # only these formats' parsers ever see the bytes (Pillow would otherwise try TIFF, PSD, EPS ... in turn)
+        with Image.open(io.BytesIO(data), formats=OPEN_FORMATS) as im:
             fmt, (w, h) = im.format, im.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning: where a filter raises it
         raise Refused(413, f"image is over {MAX_PIXELS:,} pixels; send a smaller one") from None
-    except Exception:  # whatever Pillow raises on garbage, decode_image raises again and reports
+    except Image.UnidentifiedImageError:
+        raise Refused(415, "not a PNG, JPEG, GIF, WebP or BMP image") from None
+    except Exception:  # whatever Pillow raises on a damaged file, decode_image raises again and reports
         return
     if fmt not in IMAGE_FORMATS:
         raise Refused(415, f"{fmt} images are not accepted; send PNG, JPEG, GIF, WebP or BMP")

@@ -36,8 +36,9 @@ from urllib.parse import urlsplit
 
 from .. import runs
 from ..config.options import OPTIONS, SWEEPABLE, TrainConfig, recipe_values
-from ..core.atomic import write_csv, write_text
+from ..core.atomic import make_folder, write_csv, write_text
 from ..core.errors import KmnistError, OptionError
+from ..core.files import check_input
 from ..core.interrupts import Terminated
 from ..core.secrets import one_line, redact
 
@@ -136,8 +137,13 @@ def _journal(url: str):
     if not url.endswith(".journal"):
         raise OptionError(f"--storage {redact(url)}: neither a storage URL (postgresql://..., mysql://..., "
                           "sqlite:///FILE, grpc://HOST:PORT) nor a journal file (a path ending in .journal)")
-    Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(url))
+    if os.path.lexists(url):
+        check_input(url, OptionError)  # a FIFO would hang optuna's reader, a folder fail deep inside it
+    make_folder(Path(url).parent)
+    try:
+        return JournalStorage(JournalFileBackend(url))
+    except OSError as e:
+        raise OptionError(f"--storage {url}: cannot open the journal ({e.strerror or type(e).__name__})") from None
 
 
 def _grpc(url: str):
@@ -152,7 +158,8 @@ def _grpc(url: str):
         port = None
     if parts.username is not None or parts.password is not None or not parts.hostname or port is None:
         raise OptionError(f"--storage {redact(url)}: a gRPC storage is grpc://HOST:PORT (no user or password)")
-    return optuna.storages.GrpcStorageProxy(host=parts.hostname, port=port)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # urlsplit drops IPv6's brackets
+    return optuna.storages.GrpcStorageProxy(host=host, port=port)
 
 
 def _storage(spec: StudySpec):

@@ -239,6 +239,8 @@ def resume(name_or_path: str | Path, root: str | Path | None = None, quiet: bool
     """
     path = runs.run_path(name_or_path, root)
     if all(p.match(".*.tmp") for p in path.iterdir()):  # empty, or only a killed write's temp files
+        if runs.writer_alive(path):  # still loading its data or finding its learning rate
+            raise RunError(f"{path}: another process is training this run; wait for it or stop it first")
         raise RunError(f"{path}: the run stopped before it saved its options ({runs.RUN_FILE}), so there is "
                        f"nothing to resume; `kmnist-fa train` with its options and --name {path.name} starts it again")
     cuda = default_device(RunRecord.read(path).config.cpu).type == "cuda"

@@ -33,11 +33,11 @@ from .record import (
                     SplitSizes,
                     lineage,
 )
-from .store import Unreadable, list_runs, remove_leftovers, run_lock
+from .store import Unreadable, list_runs, remove_leftovers, run_lock, writer_alive
 from .weights import cpu_state, load_state, save_state
 
 __all__ = ["CKPT_FILE", "CURVES_FILE", "HISTORY_FILE", "HUB_CONFIG", "HUB_WEIGHTS", "MODEL_FILE", "REFERENCE_PREFIX",
            "RUN_FILE", "FORMAT_VERSION", "Best", "DataSource", "Norm", "Parent", "RunRecord", "SplitSizes", "Unreadable",
            "check_name", "cpu_state", "default_name", "is_hub_folder", "lineage", "list_runs", "load_state",
            "models_dir", "reference_default", "reference_dir", "reference_runs", "remove_leftovers", "run_lock",
-           "run_path", "save_state"]
+           "run_path", "save_state", "writer_alive"]

@@ -401,7 +401,7 @@ def test_browser_draw_and_upload(server, predictor, kmnist, tmp_path):
         (tmp_path / "bad.png").write_bytes(b"garbage")
         page.set_input_files("#file", str(tmp_path / "bad.png"))
         page.wait_for_selector("#error:not(:empty)")  # (the page's CSP forbids Playwright's eval-based waits)
-        assert "not a readable image" in page.locator("#error").text_content()
+        assert "not a PNG, JPEG, GIF, WebP or BMP image" in page.locator("#error").text_content()
         browser.close()
     assert refused == []
     assert shown == cli_class(predictor, data)

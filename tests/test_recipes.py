@@ -2,7 +2,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
-from kmnist_fa.config.recipes import list_recipes, load_recipe, lr_source, resolve_config
+from kmnist_fa.config.options import TrainConfig
+from kmnist_fa.config.recipes import list_recipes, load_recipe, lr_source, resolve_config, resolve_pipeline
 from kmnist_fa.core.errors import OptionError
 
 
@@ -17,6 +18,9 @@ def test_report_rows_are_recipes():
 
 def test_every_recipe_builds_a_config():
     for name, r in list_recipes().items():
+        if "generations" in r:  # a pipeline: each generation builds one (tests/test_selftrain.py)
+            assert all(TrainConfig.build(**g.options).arch == r["arch"] for g in resolve_pipeline(name, {}))
+            continue
         cfg, used = resolve_config(None, name, {})
         assert used == name and cfg.arch == r["arch"] and cfg.extra["recipe"] == name
 

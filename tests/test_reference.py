@@ -44,3 +44,21 @@ def test_shipped_run_loads_and_reproduces_its_check_batch(path):
     probs = predict_probs(run, CHECK_IMAGES[:n])
     assert probs.argmax(1).tolist() == check["classes"]
     np.testing.assert_allclose(probs.max(1).values.numpy(), check["top_prob"], atol=1e-4)
+
+
+def test_the_shipped_default_is_what_the_default_recipe_trains():
+    """reference/default is the default pipeline's last generation: its record's plan is what `train --recipe
+    default --full` resolves today, its teacher ships beside it, and it predicts with the TTA default.json names."""
+    from kmnist_fa.config.recipes import resolve_pipeline
+    from kmnist_fa.runs.pipeline import PipelineRecord
+
+    pipe = PipelineRecord.read("default", reference_dir())
+    assert pipe.status == "complete" and pipe.recipe == "default" and pipe.n_folds is None
+    data = pipe.generations[0].options["data"]
+    assert [g.to_json() for g in pipe.generations] == \
+        [g.to_json() for g in resolve_pipeline("default", {"data": data, "full": True})]
+    final, teacher = RunRecord.read(reference_dir() / "default"), RunRecord.read(reference_dir() / "default.g1")
+    assert final.config.extra["pipeline"]["generation"] == "g2" and final.extra["pseudo"]["teachers"] == ["default.g1"]
+    assert final.config.keep == teacher.config.keep == "last" and final.config.split.full
+    assert reference_default()["paths"] == [reference_dir() / "default"]
+    assert load_run(reference_dir() / "default").tta == reference_default()["tta"]

@@ -165,7 +165,7 @@ def test_models_lists_good_runs_and_marks_a_bad_one(lenet_run, tmp_path):
     assert [(x["name"], x["status"]) for x in rows][:2] == [("bad", "unreadable"), ("good", "complete")]
     assert {x["name"] for x in rows[2:] if x["reference"]} == {  # the shipped runs follow
         "reference/lenet5", "reference/alexnet5", "reference/alexnet7", "reference/fast", "reference/fast-pseudo",
-        "reference/fast-pseudo-long", "reference/fast-pseudo-long-ens"}
+        "reference/default.g1", "reference/default"}
     # commands that use the bad run refuse it in one line instead of predicting NaN or class 0
     for args in (["predict", str(tmp_path / "x.png"), "-m", str(tmp_path / "bad")], ["evaluate", str(tmp_path / "bad")]):
         r = runner.invoke(app, args)

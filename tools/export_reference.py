@@ -8,6 +8,12 @@ settings.
 
     python tools/export_reference.py cv-out/runs/alexnet7-heavy-40-full:alexnet7 ... \
         --default alexnet7 --tta-n 8 [--tta-beta 0.5] --data ../shared/data/kmnist-10k
+
+A self-training pipeline ships with its record, so `kmnist-fa models show reference/NAME`
+shows its lineage; its runs keep their names (NAME.g1 ... NAME):
+
+    python tools/export_reference.py models/default.g1:default.g1 models/default:default \
+        --pipeline models/default.pipeline.json --default default --tta-n 4 --tta-beta 0.75 --data ...
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ def main(argv=None):
     ap.add_argument("--data-label", default="../shared/data/kmnist-10k",
                     help="what to record as the runs' data root (the path users have)")
     ap.add_argument("--chosen-by", default="")
+    ap.add_argument("--pipeline", default=None, help="a pipeline record (models/NAME.pipeline.json) to ship beside its runs")
     args = ap.parse_args(argv)
     dest = reference_dir()
     dest.mkdir(parents=True, exist_ok=True)
@@ -61,6 +68,8 @@ def main(argv=None):
                               "top_prob": [round(float(p), 5) for p in probs.max(1).values]}
         rec.write(out)
         print(f"{name}: {rec.n_params:,} params, {(out / 'model.pth').stat().st_size / 1e6:.1f} MB")
+    if args.pipeline:
+        shutil.copy2(args.pipeline, dest / Path(args.pipeline).name)
     tta = TtaSettings(on=not args.no_tta, n=args.tta_n, beta=TTA_BETA if args.tta_beta is None else args.tta_beta,
                       aug=args.tta_aug)
     write_json(dest / "default.json", {"members": args.default, **tta.to_json(), "chosen_by": args.chosen_by})

@@ -109,9 +109,10 @@ DatasetOpt = typer.Option(None, "--dataset", help=OPTIONS["dataset"].help)
 DataOpt = typer.Option(None, "--data", help=OPTIONS["data"].help)
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Where runs live (default: env KMNIST_FA_MODELS or ./models).")
 TtaOpt = typer.Option(None, "--tta/--no-tta", help="Test-time augmentation (fastai tta) per model "
-                      "(default: the shipped reference default's own setting, see docs/reference-models.md; off for --model runs).")
+                      "(default: the model's own setting: the shipped reference default's, or what a --model run "
+                      "was trained with, `train --tta`; off for runs trained without it).")
 TtaNOpt = typer.Option(None, "--tta-n", min=1, help="Augmented passes per model with --tta, plus the clean pass "
-                       f"(default {TTA_N}; the reference default's own setting when it is used).")
+                       f"(default: the model's own setting, else {TTA_N}).")
 CpuOpt = typer.Option(False, "--cpu", help=OPTIONS["cpu"].help)  # the training option, for inference commands
 MethodOpt = typer.Option("mean", "--method", help="Combine models by 'mean' of probabilities or majority 'vote'.")
 DefaultMethodOpt = typer.Option(None, "--method", help="Combine models by 'mean' of probabilities or majority 'vote' "

@@ -34,7 +34,7 @@ def export_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", help
     if str(out_file) == "-":  # stdout takes text outputs only
         raise OptionError(f"--out -: export writes {'a folder' if fmt == 'hub' else 'a binary file'}; give a path")
     # the shipped default travels with the TTA settings it was chosen with (reference/default.json), which
-    # the ONNX runtime then predicts with; any other runs carry the toolkit's
+    # the ONNX runtime then predicts with; any other runs carry their own (`train --tta`, the toolkit's by default)
     paths = [run_path(r, models_dir).resolve() for r in run_names]
     ref = reference_default()
     tta = ref["tta"] if sorted(paths) == sorted(p.resolve() for p in ref["paths"]) else None

@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..config.options import TTA_N
 from ..core.atomic import is_stdout
 from ..core.errors import OptionError
 from .common import (
@@ -52,7 +51,7 @@ def interpret_cmd(run_name: str = typer.Argument(..., metavar="RUN", help="Run n
     run = load_run(run_name, models_dir, cpu=cpu)
     d = run_data(run, data, dataset)
     with inference_progress([run], quiet):
-        interp, notes = interpret(run, d, split, tta, tta_n or TTA_N)
+        interp, notes = interpret(run, d, split, tta, tta_n or run.tta.n)
     target = out_dir or run.path / "interpret"
     res = write_interpretation(run, interp, target, split, tta, notes, top_k)
     for msg in notes:
@@ -92,7 +91,7 @@ def evaluate_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     for name in run_names:
         run = load_run(name, models_dir, cpu=cpu)
         with inference_progress([run], quiet):
-            results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n or TTA_N))
+            results.append(evaluate(run, run_data(run, data, dataset), split, tta, tta_n or run.tta.n))
         splits.add((run.record.data.fingerprint, run.split()))
     if split == "valid" and len(splits) > 1:
         for r in results:

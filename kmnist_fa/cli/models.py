@@ -63,6 +63,24 @@ def models_list(ctx: typer.Context, models_dir: Optional[Path] = ModelsDirOpt,
     for r in rows:
         if resume.get(id(r)):
             out.print(f"{address(r)}: interrupted; continue with `{resume[id(r)]}`", highlight=False)
+    _list_pipelines(base, models_dir)
+
+
+def _list_pipelines(base: Path, models_dir: Path | None) -> None:
+    """One line per self-training pipeline record: its state and where to see its runs."""
+    from ..core.errors import KmnistError
+    from ..runs.pipeline import SUFFIX, PipelineRecord
+
+    where = f" --models-dir {quote(str(models_dir))}" if models_dir else ""
+    for f in sorted(base.glob(f"*{SUFFIX}")):
+        name = f.name[:-len(SUFFIX)]
+        try:
+            state = PipelineRecord.read(name, models_dir).status
+        except KmnistError as e:
+            state = f"unreadable ({e})"
+        state = "unfinished" if state == "running" else state
+        out.print(f"pipeline {name}: {state}; its runs and scores: `kmnist-fa models{where} show {quote(name)}`",
+                  highlight=False)
 
 
 def resume_hint(rec, name: str, models_dir: Path | None) -> str | None:
@@ -72,10 +90,14 @@ def resume_hint(rec, name: str, models_dir: Path | None) -> str | None:
     cannot change it; the run lock, which dies with its holder, tells the two apart.
     Where the lock cannot be probed, the run keeps the status its record gives.
     """
+    from ..runs.pipeline import pipeline_file, pipeline_of
     from ..runs.store import writer_alive
 
     if rec.complete or writer_alive(rec.path) is not False:
         return None
+    own = pipeline_of(rec.config)
+    if own and pipeline_file(own["name"], rec.path.parent).is_file():  # a generation: the pipeline continues it
+        name = own["name"]
     return f"kmnist-fa train --resume {quote(name)}" + (f" --models-dir {quote(str(models_dir))}" if models_dir else "")
 
 
@@ -87,10 +109,23 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
     """One run's data, split, metrics and the options that shaped it (unset ones and those of unused features
     are left out; `--json` has them all)."""
     from ..config.shown import shown_options
+    from ..core.errors import RunError
     from ..runs.paths import run_path
+    from ..runs.pipeline import PipelineRecord, pipeline_file, pipeline_of
     from ..runs.record import RunRecord, lineage
 
-    rec = RunRecord.read(run_path(name, ctx.obj))
+    try:
+        rec = RunRecord.read(run_path(name, ctx.obj))
+    except RunError:
+        if not pipeline_file(name, ctx.obj).is_file():
+            raise
+        rec = None
+    own = pipeline_of(rec.config) if rec else {"name": name}
+    home = rec.path.parent if rec else ctx.obj  # a pipeline's record sits beside its runs (reference/ too)
+    pipe = PipelineRecord.read(own["name"], home) if own and pipeline_file(own["name"], home).is_file() else None
+    if rec is None:
+        _show_pipeline(pipe, home, as_json)
+        return
     resume = resume_hint(rec, name, ctx.obj)
     if as_json:
         print_json({**rec.to_json(), **({"status": "interrupted", "resume": resume} if resume else {})})
@@ -125,7 +160,30 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
         rows.append(("distillation", f"soft targets of {names[:200]} (weight {str(d.get('weight'))[:12]}, "
                                      f"temperature {str(d.get('temp'))[:12]})"))
     rows += [("lineage", " <- ".join([rec.name, *lineage(rec)]))] if rec.parent else []
+    if own:
+        rows.append(("pipeline", f"generation {str(own.get('generation'))[:40]} ({str(own.get('index'))[:4]} of "
+                                 f"{str(own.get('of'))[:4]}) of pipeline {own['name'][:200]}"
+                                 + ("" if pipe else " (its record is gone)")))
     rows += [(f"option {k}", str(v)) for k, v in shown_options(rec.config).items()]
     for k, v in rows:
         t.add_row(k, v)
     show(t)
+    if pipe:
+        _show_pipeline(pipe, home, False)
+
+
+def _show_pipeline(pipe, models_dir: Path | None, as_json: bool) -> None:
+    """A pipeline's runs, their state and scores, and its cross-validated score when it has one."""
+    from .lineage import cv_line, pipeline_table
+
+    if as_json:
+        print_json(pipe.to_json())
+        return
+    show(pipeline_table(pipe, models_dir))
+    line = cv_line(pipe)
+    if line:
+        out.print(line, highlight=False)
+    if pipe.status != "complete":
+        hint = f"kmnist-fa train --resume {quote(pipe.name)}" + (f" --models-dir {quote(str(models_dir))}"
+                                                                 if models_dir else "")
+        out.print(f"pipeline {pipe.name}: unfinished; continue with `{hint}`", highlight=False)

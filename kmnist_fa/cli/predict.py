@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..config.options import TTA_N, TtaSettings
+from ..config.options import TtaSettings
 from ..core.atomic import is_stdout
 from ..core.errors import OptionError
 from ..core.predictions import (
@@ -44,13 +44,20 @@ from .progress import inference_progress
 
 
 def load_members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list, TtaSettings]:
-    """Loaded runs for --model options (TTA off unless asked), or the shipped reference default with its own
-    TTA settings."""
+    """Loaded runs for --model options with the TTA settings they were trained to predict with (off for a run
+    trained without `--tta`; off too when an ensemble's members disagree), or the shipped reference default with
+    its own TTA settings."""
     from ..infer.predict import load_run
     from ..runs.paths import reference_default
 
     if models:
-        return [load_run(m, models_dir, cpu=cpu) for m in models], TtaSettings()
+        members = [load_run(m, models_dir, cpu=cpu) for m in models]
+        own = {(m.tta.on, m.tta.n, m.tta.beta) for m in members}
+        if len(own) > 1:
+            err.print(note("note:", "yellow", "the runs were trained to predict with different TTA settings; "
+                           "predicting without TTA (--tta and --tta-n choose)"), highlight=False, soft_wrap=True)
+            return members, TtaSettings()
+        return members, members[0].tta
     ref = reference_default()
     return [load_run(p, cpu=cpu, tta=ref["tta"]) for p in ref["paths"]], ref["tta"]
 
@@ -159,7 +166,7 @@ def ensemble_cmd(run_names: list[str] = typer.Argument(..., metavar="RUN...", he
     else:
         images, labels, ids = d.test_x, d.test_y, [str(i) for i in range(len(d.test_x))]
     with inference_progress(members, quiet):
-        res = analyse(members, d, images, labels, method, tta, tta_n or TTA_N, seed)
+        res = analyse(members, d, images, labels, method, tta, tta_n or members[0].tta.n, seed)
     if as_json:
         print_json({k: res[k] for k in ("rows", "names", "notes", "shared_split")}
                    | {"disagreement": res["disagreement"].tolist()})

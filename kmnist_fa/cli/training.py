@@ -1,6 +1,7 @@
 """`kmnist-fa archs|train|recipes|lr-find`."""
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -59,6 +60,19 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
     from ..runs.paths import check_name, default_name
 
     log = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False))
+    from ..runs.pipeline import pipeline_file
+
+    if resume and pipeline_file(resume, models_dir).is_file():
+        if arch is not None:
+            raise OptionError("--resume uses the pipeline's saved options: give no ARCH")
+        return _pipeline(None, resume, models_dir, quiet, log, track)
+    if not resume and opts.get("recipe"):
+        from ..config.recipes import is_pipeline
+
+        if is_pipeline(opts["recipe"]):
+            if arch is not None:
+                raise OptionError(f"--recipe {opts['recipe']} names its architecture: give no ARCH")
+            return _pipeline(opts, name, models_dir, quiet, log, track)
     if resume:
         if arch is not None:
             raise OptionError("--resume uses the run's saved options: give no ARCH")
@@ -100,6 +114,43 @@ def train_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see
         err.print("next: " + "\n      ".join(steps), highlight=False, soft_wrap=True)
 
 
+def _pipeline(opts: dict | None, name: str | None, models_dir: Path | None, quiet: bool, log, track: list[str]):
+    """`train --recipe PIPELINE` (opts given) or `train --resume PIPELINE` (opts None): run it, then its table."""
+    from shlex import quote
+
+    from ..runs.paths import check_name
+    from ..runs.paths import models_dir as mdir
+
+    if opts is not None:
+        recipe = opts.pop("recipe")
+        name = check_name(name or f"{Path(recipe).stem}-{datetime.now():%Y%m%d-%H%M%S}")
+    from ..pipelines.selftrain import plan, resume_pipeline, run_pipeline
+    from ..train.tracking import callbacks
+    from .lineage import cv_line, pipeline_table
+
+    cbs = callbacks(track)
+    where = f" --models-dir {quote(str(models_dir))}" if models_dir else ""
+    with interrupt_note(f"kmnist-fa train --resume {quote(name)}{where}"):
+        if opts is not None:
+            res = run_pipeline(plan(recipe, opts, name, models_dir), models_dir, quiet=quiet,
+                               progress=_progress(quiet), log=log, cbs=cbs)
+        else:
+            res = resume_pipeline(name, models_dir, quiet=quiet, progress=_progress(quiet), log=log, cbs=cbs)
+    rec = res.record
+    if not quiet:
+        show(pipeline_table(rec, models_dir), err)
+    minutes = sum(r.wall_time_s for r in res.runs.values()) / 60
+    line = cv_line(rec)
+    out.print(line + f"; {minutes:.1f} min of training" if line else
+              f"pipeline {rec.name}: {len(res.runs)} runs in {minutes:.1f} min of training", highlight=False)
+    out.print(f"record: {mdir(models_dir) / (rec.name + '.pipeline.json')}", highlight=False)
+    if not quiet:
+        final = [s.run for s in rec.stages() if s.generation is rec.last]
+        steps = [f"kmnist-fa predict IMAGES... --model {quote(final[0])}{where}   (its own TTA settings)",
+                 f"kmnist-fa models{where} show {quote(rec.name)}   (the lineage)"]
+        err.print("next: " + "\n      ".join(steps), highlight=False, soft_wrap=True)
+
+
 def _progress(quiet: bool):
     from ..train.progress import RichProgress
 
@@ -108,7 +159,8 @@ def _progress(quiet: bool):
 
 @app.command("recipes")
 def recipes_cmd(as_json: bool = JsonOpt):
-    """List training recipes: report-* (the report's table rows), default-ARCH (per architecture), fast (VGG5)."""
+    """List training recipes: report-* (the report's table rows), default-ARCH (per architecture), fast (VGG5), and
+    default: the self-training pipeline behind the shipped model (its generations' epochs, in order)."""
     from ..config.recipes import list_recipes
 
     if as_json:
@@ -119,7 +171,10 @@ def recipes_cmd(as_json: bool = JsonOpt):
     for c in ("name", "arch", "epochs", "opt", "lr", "schedule", "aug", "description"):
         t.add_column(c, no_wrap=c != "description")
     for name, r in list_recipes().items():
-        t.add_row(name, r.get("arch", ""), str(r.get("epochs", "")), r.get("opt", ""), str(r.get("lr", "lr_find")),
+        epochs = str(r.get("epochs", ""))
+        if "generations" in r:  # a pipeline: each generation's epochs, in order
+            epochs = " + ".join(str(g.get("epochs", r.get("epochs", 10))) for g in r["generations"])
+        t.add_row(name, r.get("arch", ""), epochs, r.get("opt", ""), str(r.get("lr", "lr_find")),
                   r.get("schedule", ""), r.get("aug", ""), r.get("description", ""))
     show(t)
 
@@ -129,20 +184,20 @@ def recipes_cmd(as_json: bool = JsonOpt):
 @training_options
 def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
                 out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Where to write the plot (PNG)."),
-                **opts):
-    """Run fastai's lr_find; print the valley/slide/minimum/steep suggestions and save the plot."""
+                models_dir: Optional[Path] = ModelsDirOpt, **opts):
+    """Run fastai's lr_find; print the valley/slide/minimum/steep suggestions and save the plot.
+
+    The loss is the one training would use: --pseudo adds its pseudo-labelled images, --teacher its soft targets.
+    """
     from fastai.torch_core import num_distrib
 
-    from ..pipelines.training import prepare
-    from ..train.learner import build_learner, suggest_lrs
+    from ..pipelines.training import lr_find
     from ..train.progress import RichProgress
 
     cfg, _ = resolve_config(arch, opts.pop("recipe"), opts)
     if num_distrib() > 1:
         raise OptionError("lr-find runs in one process: start it without torchrun / accelerate launch")
-    _, dls = prepare(cfg)
-    learn = build_learner(dls, cfg, progress=RichProgress(err))
-    sugg = suggest_lrs(learn, out_file)
+    sugg = lr_find(cfg, out_file, models_dir, RichProgress(err))
     t = Table(title=f"lr_find suggestions ({cfg.arch}, {cfg.optim.opt}, bs {cfg.optim.bs})")
     t.add_column("method")
     t.add_column("lr", justify="right")

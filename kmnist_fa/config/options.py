@@ -221,10 +221,14 @@ class DataConfig:
                                 "join the training split with hard labels.", recipe=False)
     pseudo_threshold: float = option(0.95, "Self-training: least teacher probability for a pseudo-label.",
                                      min=0, max=1, sweep=True)
+    unlabelled: str | None = option(None, "Self-training: the images teachers label instead of the dataset's test "
+                                    "images: an MNIST-format file, a folder of MNIST files or of image files, or "
+                                    "an image file.", recipe=False)
 
     def __post_init__(self):
-        if self.data is not None and not isinstance(self.data, str):  # a Path from Python code
-            self.data = str(self.data)
+        for k in ("data", "unlabelled"):
+            if getattr(self, k) is not None and not isinstance(getattr(self, k), str):  # a Path from Python code
+                setattr(self, k, str(getattr(self, k)))
         _check_fields(self)
 
 
@@ -333,8 +337,25 @@ class TransferConfig:
         _check_fields(self)
 
 
+@dataclass
+class PredictConfig:
+    """How the run predicts when nothing else is said (`predict --model RUN`, `export`): a recipe chosen with TTA by
+    cross-validation ships its TTA settings with the run instead of in a side file."""
+
+    tta: bool = option(False, "Predict with test-time augmentation by default (predict's --tta/--no-tta overrides).")
+    tta_n: int = option(TTA_N, "TTA: augmented passes before the clean one is blended in.", min=1, max=1000)
+    tta_beta: float = option(TTA_BETA, "TTA: the clean pass's weight against the mean of the augmented passes.",
+                             min=0, max=1)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+    def settings(self) -> TtaSettings:
+        return TtaSettings(on=self.tta, n=self.tta_n, beta=self.tta_beta)
+
+
 GROUPS = {"model": ModelConfig, "optim": OptimConfig, "reg": RegConfig, "split": SplitSpec,
-          "transfer": TransferConfig, "data": DataConfig}
+          "transfer": TransferConfig, "data": DataConfig, "predict": PredictConfig}
 
 
 @dataclass
@@ -351,6 +372,7 @@ class TrainConfig:
     split: SplitSpec = field(default_factory=SplitSpec)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     cpu: bool = option(False, "Use the CPU even when CUDA is available.", recipe=False)
     keep: str = option("best", "Which epoch's weights model.pth holds: best (highest valid accuracy) or last "
                        "(what a --full run ships, so k-fold scores of it are not picked on the validation fold).",

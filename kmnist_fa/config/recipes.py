@@ -5,10 +5,18 @@ description. `report-*` recipes
 reproduce the rows of the report's results table; `default-<arch>` is what
 `kmnist-fa train ARCH` uses, chosen by cross-validation (see docs/experiments/reference-models.md).
 Precedence: TrainConfig defaults < recipe < options given on the command line.
+
+A recipe with `[[generations]]` tables is a self-training pipeline (`default` is one):
+each generation is a run of the recipe's options plus its own, and names the earlier
+generations whose predictions label the unlabelled images (`pseudo`) or whose soft
+targets it distils (`teacher`); the last generation is the model the pipeline ships.
+`pipelines.selftrain` runs them in order as one resumable job.
 """
 from __future__ import annotations
 
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -44,15 +52,95 @@ def load_recipe(name_or_path: str | Path) -> dict:
         raise OptionError(f"--recipe: {p}: cannot read ({e.strerror or type(e).__name__})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise OptionError(f"--recipe: {p} is not valid TOML ({e})") from None
-    unknown = set(rec) - set(RECIPE_KEYS) - {"description"}
+    unknown = set(rec) - set(RECIPE_KEYS) - {"description", "generations"}
     if unknown:
         raise OptionError(f"--recipe: {p} has unknown keys: {', '.join(sorted(unknown))}")
     if not isinstance(rec.get("description", ""), str):
         raise OptionError(f"--recipe: {p}: description must be a string")
     for k, v in rec.items():
-        if k != "description":
+        if k not in ("description", "generations"):
             rec[k] = OPTIONS[k].check(v, f"--recipe {p.name}: {k}")
+    if "generations" in rec:
+        rec["generations"] = [g.to_json() for g in check_generations(rec["generations"], f"--recipe {p.name}")]
     return rec
+
+
+GENERATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+MAX_GENERATIONS = 20
+_REFS = ("pseudo", "teacher")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation of a self-training pipeline: its own options over the recipe's, and the earlier
+    generations whose predictions label the unlabelled images (`pseudo`) or whose soft targets it distils
+    (`teacher`)."""
+
+    name: str
+    options: dict
+    pseudo: tuple[str, ...] = ()
+    teacher: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"name": self.name, **self.options, **{k: list(getattr(self, k)) for k in _REFS if getattr(self, k)}}
+
+
+def check_generations(gens, where: str, keys=RECIPE_KEYS) -> list[Generation]:
+    """A pipeline's `[[generations]]` (from a recipe, or a pipeline record read back, whose generations also hold
+    the command line's options: `keys`), checked: names, option values, and teachers that are earlier
+    generations."""
+    if not isinstance(gens, list) or not gens or len(gens) > MAX_GENERATIONS:
+        raise OptionError(f"{where}: generations must be a list of 1 to {MAX_GENERATIONS} tables")
+    out: list[Generation] = []
+    for i, g in enumerate(gens, 1):
+        if not isinstance(g, dict):
+            raise OptionError(f"{where}: generation {i} must be a table")
+        name = g.get("name", f"g{i}")
+        if not isinstance(name, str) or not GENERATION_RE.match(name):
+            raise OptionError(f"{where}: generation {i}: name must be 1-40 letters, digits, '_' or '-', "
+                              f"got {str(name)[:60]!r}")
+        if name in {o.name for o in out}:
+            raise OptionError(f"{where}: generation name {name!r} is used twice")
+        unknown = set(g) - set(keys) - {"name", *_REFS}
+        if unknown:
+            raise OptionError(f"{where}: generation {name} has unknown keys: {', '.join(sorted(unknown))}")
+        refs = {}
+        for k in _REFS:
+            v = g.get(k, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise OptionError(f"{where}: generation {name}: {k} must be a list of earlier generations' names")
+            late = [x for x in v if x not in {o.name for o in out}]
+            if late:
+                raise OptionError(f"{where}: generation {name}: {k} names {late[0][:40]!r}, which is not an "
+                                  "earlier generation")
+            refs[k] = tuple(dict.fromkeys(v))
+        opts = {k: OPTIONS[k].check(v, f"{where}: generation {name}: {k}") for k, v in g.items()
+                if k not in ("name", *_REFS)}
+        out.append(Generation(name, opts, **refs))
+    return out
+
+
+def is_pipeline(recipe: str | None) -> bool:
+    return recipe is not None and "generations" in load_recipe(recipe)
+
+
+def resolve_pipeline(recipe: str, overrides: dict) -> list[Generation]:
+    """Each generation's options: TrainConfig defaults < recipe < generation < options given on the command line
+    (which apply to every generation: `--epochs 1` shortens them all). Every generation's config is built here,
+    so a bad value fails before anything trains."""
+    rec = load_recipe(recipe)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for k in ("pseudo", "teacher"):
+        if k in given:
+            raise OptionError(f"{OPTIONS[k].flag}: --recipe {recipe} is a self-training pipeline whose generations "
+                              "name their own teachers; drop the option")
+    base = {k: v for k, v in rec.items() if k not in ("description", "generations")}
+    out = []
+    for g in check_generations(rec["generations"], f"--recipe {recipe}"):
+        opts = {**base, **g.options, **given}
+        TrainConfig.build(**opts)
+        out.append(Generation(g.name, opts, g.pseudo, g.teacher))
+    return out
 
 
 def default_recipe_name(arch: str) -> str | None:
@@ -64,6 +152,9 @@ def resolve_config(arch: str | None, recipe: str | None, overrides: dict) -> tup
     """TrainConfig from (arch's default) recipe plus the options given explicitly (non-None)."""
     recipe = recipe or (default_recipe_name(arch) if arch else None)
     values = {k: v for k, v in load_recipe(recipe).items() if k != "description"} if recipe else {}
+    if "generations" in values:
+        raise OptionError(f"--recipe {recipe} is a self-training pipeline (generations of runs): `kmnist-fa train "
+                          f"--recipe {recipe}` runs it; other commands take a single run's recipe")
     if arch and values.get("arch", arch) != arch:
         raise OptionError(f"--recipe {recipe} is for {values['arch']}, not {arch}; drop ARCH or pick another recipe")
     if arch:

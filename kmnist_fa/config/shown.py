@@ -15,6 +15,8 @@ _FEATURE_ON = {
     "distill_weight": lambda cfg: cfg.reg.teacher is not None,
     "distill_temp": lambda cfg: cfg.reg.teacher is not None,
     "valid_pct": lambda cfg: cfg.split.kind == "holdout",
+    "tta_n": lambda cfg: cfg.predict.tta,
+    "tta_beta": lambda cfg: cfg.predict.tta,
 }
 
 

@@ -45,7 +45,7 @@ class LoadedRun:
     path: Path
     record: RunRecord
     learn: Learner
-    tta: TtaSettings = TtaSettings()  # how TTA predicts (reference/default.json sets its own, chosen by CV)
+    tta: TtaSettings = TtaSettings()  # how TTA predicts: the run's own settings (`--tta` when it was trained)
 
     @property
     def classes(self) -> list[str]:
@@ -65,7 +65,8 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
 
     `tta` says how TTA predicts: the augmentation its passes replay (default: the
     run's training preset, `light` for a run trained without augmentation) and the
-    clean pass's weight (default fastai's 0.25).
+    clean pass's weight; unset, the run's own settings (its `--tta`, `--tta-n`,
+    `--tta-beta`, fastai's n=4 and 0.25 unless it chose others).
     """
     path = runs.run_path(name_or_path, root)
     rec = RunRecord.read(path)
@@ -87,7 +88,7 @@ def load_run(name_or_path: str | Path, root: str | Path | None = None, device=No
         k, got, want = odd[0]
         raise RunError(f"{weights}: {k} is {got}, but {m.arch} holds {want}"
                        f"{f' ({len(odd)} tensors differ)' if len(odd) > 1 else ''}; not weights kmnist-fa saved")
-    tta = tta or TtaSettings()
+    tta = tta or rec.config.predict.settings()
     aug = tta.aug or rec.config.reg.aug
     dls = inference_dls(rec.classes, rec.norm.mean, rec.norm.std, device or default_device(cpu),
                         aug="light" if aug == "none" else aug)

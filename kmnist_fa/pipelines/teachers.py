@@ -5,9 +5,10 @@ Both load teachers the same way (`resolve_teachers`) and refuse the same ones
 (`check_teacher`); distillation's callback (`train.distill.Distill`) is handed the
 loaded models.
 
-Self-training on a dataset's unlabelled test images:
+Self-training on a dataset's unlabelled test images (or on `--unlabelled` images):
 
-Teacher runs predict the test images with TTA (seeded, so a resumed run rebuilds the
+Teacher runs predict those images with TTA (fastai's n=4 and clean-pass weight 0.25,
+whatever the teachers predict with by default; seeded, so a resumed run rebuilds the
 same pseudo-labels); the images whose mean teacher probability reaches
 `--pseudo-threshold` join the training split with the teachers' class as a hard label.
 Validation images never do, and the normalisation statistics stay those of the
@@ -24,14 +25,16 @@ same split (`--pseudo a7-f{fold}` names one teacher per fold of a k-fold study).
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from .. import runs
-from ..config.options import TTA_N, TrainConfig
+from ..config.options import TTA_N, TrainConfig, TtaSettings
 from ..core.errors import DataError, OptionError, RunError
 from ..data.datasets import MnistData
+from ..data.images import collect_inputs
 from ..infer.ensemble import combine
 from ..infer.predict import LoadedRun, load_run, predict_probs
 from ..train.distill import Teacher, weights_digest
@@ -72,7 +75,7 @@ def resolve_teachers(spec: str, cfg: TrainConfig, data: MnistData, root: str | P
             path = runs.run_path(n, root)
         except RunError as e:
             raise RunError(f"{flag} {e}") from None
-        run = load_run(path, device=device, cpu=cfg.cpu)
+        run = load_run(path, device=device, cpu=cfg.cpu, tta=TtaSettings())  # pseudo-labels' TTA, not its own
         check_teacher(n, run.record, cfg, data, flag)
         out.append((n, run))
     return out
@@ -93,18 +96,34 @@ def pseudo_labels(cfg: TrainConfig, data: MnistData, root: str | Path | None = N
     """(images, labels, what run.json records) for the confident pseudo-labels of the test images.
 
     Every teacher is loaded and checked before any predicts, so a refused teacher costs no prediction time."""
-    if data.test_x is None or not len(data.test_x):
-        raise DataError(f"--pseudo: {data.name} has no unlabelled test images to label")
+    images, source = unlabelled_images(cfg, data)
     teachers = resolve_teachers(cfg.data.pseudo, cfg, data, root, PSEUDO)
     names = [n for n, _ in teachers]
     probs, caps = [], []
     for _, run in teachers:
         ls = run.record.config.reg.label_smoothing  # its training target for the true class: 1 - ls + ls / C
         caps.append(1 - ls + ls / len(data.classes))
-        probs.append(predict_probs(run, data.test_x, tta=True, n=TTA_N).cpu())
+        probs.append(predict_probs(run, images, tta=True, n=TTA_N).cpu())
     conf, label = combine(probs, "mean").max(1)
     keep = (conf >= cfg.data.pseudo_threshold).numpy()
     info = {"teachers": names, "threshold": cfg.data.pseudo_threshold, "targets": "hard", "tta_n": TTA_N,
-            "images": int(keep.sum()), "of": len(data.test_x), "confidence_target": round(min(caps), 4),
-            "per_class": np.bincount(label.numpy()[keep], minlength=data.c).tolist()}
-    return data.test_x[keep], label.numpy()[keep].astype(np.int64), info
+            "images": int(keep.sum()), "of": len(images), "confidence_target": round(min(caps), 4),
+            "per_class": np.bincount(label.numpy()[keep], minlength=data.c).tolist(), **source}
+    return images[keep], label.numpy()[keep].astype(np.int64), info
+
+
+def unlabelled_images(cfg: TrainConfig, data: MnistData) -> tuple[np.ndarray, dict]:
+    """The images self-training labels, and what run.json records of where they came from: `--unlabelled`'s
+    images (their MD5, so a resumed run can tell they changed), else the dataset's test images."""
+    if cfg.data.unlabelled is None:
+        if data.test_x is None or not len(data.test_x):
+            raise DataError(f"--pseudo: {data.name} has no unlabelled test images to label; name some with "
+                            "--unlabelled PATH")
+        return data.test_x, {}
+    got = collect_inputs([cfg.data.unlabelled])
+    if got.errors:
+        raise DataError(f"--unlabelled: {got.errors[0]}")
+    if not len(got.images):
+        raise DataError(f"--unlabelled {cfg.data.unlabelled}: no images found")
+    images = np.ascontiguousarray(got.images, dtype=np.uint8)
+    return images, {"unlabelled": cfg.data.unlabelled, "unlabelled_md5": hashlib.md5(images.tobytes()).hexdigest()}

@@ -160,9 +160,10 @@ def _start(cfg: TrainConfig, job: _Job) -> TrainResult:
     learn = build_learner(dls, cfg, model=model, quiet=job.quiet, progress=job.progress, path=job.path)
     if t.from_run:
         learn.freeze()  # lr_find on the model as its first phase trains it
+    teachers = _teachers(cfg, data, job.root, dls)
     lr, source = cfg.optim.lr, lr_source(cfg) if cfg.optim.lr is not None else None
     if lr is None:
-        lr, source = suggest_lrs(learn)["valley"], "lr_find valley"
+        lr, source = find_lr(learn, cfg, teachers)["valley"], "lr_find valley"
         log(f"lr_find: using the valley suggestion lr={lr:.2e}")
     info = dls.info
     record = RunRecord(
@@ -174,7 +175,6 @@ def _start(cfg: TrainConfig, job: _Job) -> TrainResult:
         record.extra["distributed"] = ddp.process_info(cfg.optim.bs)
     if info.pseudo:
         record.extra["pseudo"] = info.pseudo
-    teachers = _teachers(cfg, data, job.root, dls)
     if teachers:
         record.extra["distill"] = teacher_info(teachers, cfg.reg.distill_weight, cfg.reg.distill_temp)
     if job.writer:
@@ -199,6 +199,28 @@ def versions() -> dict:
 
 def _teachers(cfg: TrainConfig, data: MnistData, root, dls) -> list[Teacher]:
     return load_teachers(cfg, data, root, dls.device) if cfg.reg.teacher else []
+
+
+def find_lr(learn: Learner, cfg: TrainConfig, teachers: list[Teacher], plot: str | Path | None = None
+            ) -> dict[str, float]:
+    """fastai's lr_find on the loss the run will train with: with distillation's soft-target term when it has
+    teachers, as the fit adds it."""
+    cbs = [Distill(teachers, cfg.reg.distill_weight, cfg.reg.distill_temp, learn.dls.info.mean,
+                   learn.dls.info.std)] if teachers else []
+    learn.add_cbs(cbs)
+    try:
+        return suggest_lrs(learn, plot)
+    finally:
+        learn.remove_cbs(cbs)
+
+
+def lr_find(cfg: TrainConfig, plot: str | Path | None = None, root: str | Path | None = None,
+            progress: Callable | None = None) -> dict[str, float]:
+    """What `kmnist-fa lr-find` runs: the run's data (pseudo-labels included), model and loss (distillation's
+    teachers included), without training anything."""
+    data, dls = prepare(cfg, root=root)
+    learn = build_learner(dls, cfg, progress=progress)
+    return find_lr(learn, cfg, _teachers(cfg, data, root, dls), plot)
 
 
 def _run_fit(learn: Learner, cfg: TrainConfig, job: _Job, *, lr: float, record: RunRecord, start_epoch: int,

@@ -295,21 +295,7 @@ class RunRecord:
         path = Path(path)
         hub = is_hub_folder(path)
         f = path / (HUB_CONFIG if hub else RUN_FILE)
-        try:
-            with open_regular(f) as fh:
-                raw = fh.read(MAX_RUN_JSON + 1)
-        except FileNotFoundError:
-            raise RunError(f"{f}: missing (not a kmnist-fa run folder)") from None
-        except OSError as e:
-            raise RunError(f"{f}: cannot be read ({e.strerror})") from None
-        if len(raw) > MAX_RUN_JSON:
-            raise RunError(f"{f}: larger than {MAX_RUN_JSON >> 20} MiB; not a record kmnist-fa wrote")
-        try:
-            d = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints over Python's digit limit
-            raise RunError(f"{f}: corrupt JSON ({str(e)[:120]})") from None
-        except RecursionError:
-            raise RunError(f"{f}: nested too deeply") from None
+        d = read_json(f, MAX_RUN_JSON, "missing (not a kmnist-fa run folder)")
         if hub:
             if not isinstance(d, dict) or not isinstance(d.get("run"), dict):
                 raise RunError(f"{f}: not a kmnist-fa export (no 'run' record)")
@@ -321,6 +307,26 @@ class RunRecord:
         self.updated = datetime.now().isoformat(timespec="seconds")
         self.path = path
         return write_json(path / RUN_FILE, self.to_json())
+
+
+def read_json(f: Path, limit: int, missing: str):
+    """Parsed JSON of a record file kmnist-fa wrote, read as untrusted: a regular file of at most `limit` bytes;
+    anything else is one RunError naming `f` (`missing` says what its absence means)."""
+    try:
+        with open_regular(f) as fh:
+            raw = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise RunError(f"{f}: {missing}") from None
+    except OSError as e:
+        raise RunError(f"{f}: cannot be read ({e.strerror})") from None
+    if len(raw) > limit:
+        raise RunError(f"{f}: larger than {limit >> 20} MiB; not a record kmnist-fa wrote")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints over Python's digit limit
+        raise RunError(f"{f}: corrupt JSON ({str(e)[:120]})") from None
+    except RecursionError:
+        raise RunError(f"{f}: nested too deeply") from None
 
 
 def _plain(v):

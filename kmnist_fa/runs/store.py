@@ -97,3 +97,17 @@ def remove_leftovers(path: Path) -> list[str]:
         p.unlink(missing_ok=True)
         gone.append(p.name)
     return gone
+
+
+def run_status(name: str, root: str | Path | None = None) -> str:
+    """A run's state in one word for listings: not started, training, interrupted, complete or unreadable."""
+    path = models_dir(root) / name
+    if not (path / RUN_FILE).is_file():
+        return "training" if path.is_dir() and writer_alive(path) else "not started"
+    try:
+        rec = RunRecord.read(path)
+    except KmnistError:
+        return "unreadable"
+    if rec.complete:
+        return "complete"
+    return "training" if writer_alive(path) is not False else "interrupted"

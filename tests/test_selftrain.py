@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kmnist_fa.cli import app
 from kmnist_fa.config.recipes import load_recipe, resolve_config, resolve_pipeline
-from kmnist_fa.core.errors import OptionError
+from kmnist_fa.core.errors import OptionError, RunError
 from kmnist_fa.data.splits import split_indices
 from kmnist_fa.infer.ensemble import accuracy
 from kmnist_fa.infer.predict import load_run, predict_probs, validation_set
@@ -133,6 +133,12 @@ def test_unlabelled_images_from_a_folder(teacher, kmnist, tmp_path):
     assert (p["of"], p["images"], p["unlabelled"]) == (5, 5, str(folder)) and len(p["unlabelled_md5"]) == 32
     with pytest.raises(Exception, match="--unlabelled"):
         train(cfg.replace(unlabelled=str(tmp_path / "none")), name="none", root=teacher, quiet=True, data=kmnist)
+    with pytest.raises(OptionError, match="--unlabelled names images for self-training to label: it needs --pseudo"):
+        lenet_cfg(kmnist, unlabelled=str(folder))
+    # the labelled file itself: its validation images would be pseudo-labelled and trained on
+    leak = cfg.replace(unlabelled=str(kmnist.root / "train-images-idx3-ubyte.gz"))
+    with pytest.raises(Exception, match=r"120 of its images are this run's validation images"):
+        train(leak, name="leak", root=teacher, quiet=True, data=kmnist)
 
 
 def test_lr_find_trains_on_the_distillation_loss(teacher, kmnist):
@@ -170,6 +176,21 @@ def test_recipes_and_records_are_checked(recipe, kmnist, tmp_path):
         plan(recipe, {"n_folds": 2, "fold": 2}, "x", tmp_path)
     with pytest.raises(OptionError, match="cannot be combined with --n-folds"):
         plan(recipe, {"n_folds": 2, "full": True}, "x", tmp_path)
+    bad.write_text('arch = "lenet5"\n[[generations]]\nfold = 1\n')
+    with pytest.raises(OptionError, match="generation g1 sets fold; a pipeline's folds come from the command line"):
+        load_recipe(bad)
+    bad.write_text('arch = "lenet5"\n[[generations]]\n[[generations]]\nseed = 7\n')
+    with pytest.raises(OptionError, match="generations set different splits"):
+        resolve_pipeline(str(bad), {})
+    root = tmp_path / "m"
+    rec = plan(recipe, {"data": str(kmnist.root)}, "p", root)
+    rec.write(root)
+    (root / "p.pipeline.json").rename(root / "q.pipeline.json")  # a copied record must not train p's runs
+    with pytest.raises(RunError, match="records pipeline 'p', not 'q'"):
+        resume_pipeline("q", root)
+    (root / "q.pipeline.json").rename(root / "p.pipeline.json")
+    with pytest.raises(OptionError, match="p is a self-training pipeline"):  # one name, one meaning
+        train(lenet_cfg(kmnist), name="p", root=root, quiet=True, data=kmnist)
     runner = CliRunner()
     for text in ("{", '{"format_version": 1, "name": "p", "recipe": "x", "created": "", "status": "running", '
                       '"results": {}, "folds": [null], "generations": [{"name": "g1", "lr": -1}]}', "x" * (2 << 20)):

@@ -151,14 +151,17 @@ def default_text(o) -> str:
     return "" if o.default in (None, False) else f" (default: {d})"
 
 
-def training_options(fn):
-    """Attach every training option of `config.options.OPTIONS` (plus --recipe) to a command.
+def training_options(fn=None, *, skip: tuple[str, ...] = ()):
+    """Attach every training option of `config.options.OPTIONS` (plus --recipe) to a command, but those of the
+    option groups in `skip` (lr-find never predicts, so it takes no `predict` options).
 
     Generated, so a new option declared in config/options.py appears in `train`, `lr-find`
     and `sweep` at once. Every default is None, meaning "from the recipe" (the
     architecture's default recipe unless --recipe names another), so only options
     typed on the command line override it.
     """
+    if fn is None:
+        return functools.partial(training_options, skip=skip)
     import inspect
 
     from ..config.options import OPTIONS
@@ -166,7 +169,7 @@ def training_options(fn):
     opts = {"recipe": (Optional[str], typer.Option(None, "--recipe", help="Named recipe (`kmnist-fa recipes`) or a "
                                                    ".toml file; default: default-ARCH. Options below override it."))}
     for name, o in OPTIONS.items():
-        if not o.flag.startswith("--"):  # positional (ARCH): each command declares it
+        if not o.flag.startswith("--") or o.group in skip:  # positional (ARCH): each command declares it
             continue
         decl = f"{o.flag}/--no-{o.flag[2:]}" if o.type is bool else o.flag
         opts[name] = (Optional[o.type], typer.Option(None, decl, help=o.help + default_text(o)))

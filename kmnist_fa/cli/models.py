@@ -122,10 +122,15 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
         rec = None
     own = pipeline_of(rec.config) if rec else {"name": name}
     home = rec.path.parent if rec else ctx.obj  # a pipeline's record sits beside its runs (reference/ too)
-    pipe = PipelineRecord.read(own["name"], home) if own and pipeline_file(own["name"], home).is_file() else None
+    pipe, trouble = None, "its record is gone"
     if rec is None:
-        _show_pipeline(pipe, home, as_json)
+        _show_pipeline(PipelineRecord.read(name, home), home, as_json)
         return
+    if own and pipeline_file(own["name"], home).is_file():
+        try:
+            pipe = PipelineRecord.read(own["name"], home)
+        except RunError as e:  # the run itself is fine: show it, and say what is wrong with its pipeline's record
+            trouble = f"its record is unreadable: {e}"
     resume = resume_hint(rec, name, ctx.obj)
     if as_json:
         print_json({**rec.to_json(), **({"status": "interrupted", "resume": resume} if resume else {})})
@@ -163,7 +168,7 @@ def models_show(ctx: typer.Context, name: str = typer.Argument(..., help="Run na
     if own:
         rows.append(("pipeline", f"generation {str(own.get('generation'))[:40]} ({str(own.get('index'))[:4]} of "
                                  f"{str(own.get('of'))[:4]}) of pipeline {own['name'][:200]}"
-                                 + ("" if pipe else " (its record is gone)")))
+                                 + ("" if pipe else f" ({trouble})")))
     rows += [(f"option {k}", str(v)) for k, v in shown_options(rec.config).items()]
     for k, v in rows:
         t.add_row(k, v)

@@ -52,7 +52,7 @@ def load_members(models: list[str] | None, models_dir, cpu: bool) -> tuple[list,
 
     if models:
         members = [load_run(m, models_dir, cpu=cpu) for m in models]
-        own = {(m.tta.on, m.tta.n, m.tta.beta) for m in members}
+        own = {(m.tta.n, m.tta.beta) if m.tta.on else None for m in members}
         if len(own) > 1:
             err.print(note("note:", "yellow", "the runs were trained to predict with different TTA settings; "
                            "predicting without TTA (--tta and --tta-n choose)"), highlight=False, soft_wrap=True)

@@ -161,6 +161,7 @@ def _progress(quiet: bool):
 def recipes_cmd(as_json: bool = JsonOpt):
     """List training recipes: report-* (the report's table rows), default-ARCH (per architecture), fast (VGG5), and
     default: the self-training pipeline behind the shipped model (its generations' epochs, in order)."""
+    from ..config.options import OPTIONS
     from ..config.recipes import list_recipes
 
     if as_json:
@@ -173,7 +174,8 @@ def recipes_cmd(as_json: bool = JsonOpt):
     for name, r in list_recipes().items():
         epochs = str(r.get("epochs", ""))
         if "generations" in r:  # a pipeline: each generation's epochs, in order
-            epochs = " + ".join(str(g.get("epochs", r.get("epochs", 10))) for g in r["generations"])
+            epochs = " + ".join(str(g.get("epochs", r.get("epochs", OPTIONS["epochs"].default)))
+                                for g in r["generations"])
         t.add_row(name, r.get("arch", ""), epochs, r.get("opt", ""), str(r.get("lr", "lr_find")),
                   r.get("schedule", ""), r.get("aug", ""), r.get("description", ""))
     show(t)
@@ -181,7 +183,7 @@ def recipes_cmd(as_json: bool = JsonOpt):
 
 @app.command("lr-find")
 @friendly
-@training_options
+@training_options(skip=("predict",))
 def lr_find_cmd(arch: Optional[str] = typer.Argument(None, help="Architecture (see `kmnist-fa archs`)."),
                 out_file: Path = typer.Option(Path("lr_find.png"), "--out", help="Where to write the plot (PNG)."),
                 models_dir: Optional[Path] = ModelsDirOpt, **opts):

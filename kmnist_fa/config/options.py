@@ -230,6 +230,8 @@ class DataConfig:
             if getattr(self, k) is not None and not isinstance(getattr(self, k), str):  # a Path from Python code
                 setattr(self, k, str(getattr(self, k)))
         _check_fields(self)
+        if self.unlabelled is not None and self.pseudo is None:
+            raise OptionError("--unlabelled names images for self-training to label: it needs --pseudo TEACHER")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ def load_recipe(name_or_path: str | Path) -> dict:
 
 
 GENERATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+FOLD_KEYS = ("n_folds", "fold")  # a pipeline runs every fold (or the one asked for) from one plan
 MAX_GENERATIONS = 20
 _REFS = ("pseudo", "teacher")
 
@@ -114,6 +115,10 @@ def check_generations(gens, where: str, keys=RECIPE_KEYS) -> list[Generation]:
                 raise OptionError(f"{where}: generation {name}: {k} names {late[0][:40]!r}, which is not an "
                                   "earlier generation")
             refs[k] = tuple(dict.fromkeys(v))
+        folds = sorted(set(g) & set(FOLD_KEYS))
+        if folds:
+            raise OptionError(f"{where}: generation {name} sets {folds[0]}; a pipeline's folds come from the "
+                              "command line (--n-folds, --fold)")
         opts = {k: OPTIONS[k].check(v, f"{where}: generation {name}: {k}") for k, v in g.items()
                 if k not in ("name", *_REFS)}
         out.append(Generation(name, opts, **refs))
@@ -121,6 +126,7 @@ def check_generations(gens, where: str, keys=RECIPE_KEYS) -> list[Generation]:
 
 
 def is_pipeline(recipe: str | None) -> bool:
+    """Whether `train --recipe` hands this recipe to the pipeline runner rather than training one run."""
     return recipe is not None and "generations" in load_recipe(recipe)
 
 
@@ -130,16 +136,26 @@ def resolve_pipeline(recipe: str, overrides: dict) -> list[Generation]:
     so a bad value fails before anything trains."""
     rec = load_recipe(recipe)
     given = {k: v for k, v in overrides.items() if v is not None}
+    if any(k in rec for k in FOLD_KEYS):
+        raise OptionError(f"--recipe {recipe}: a pipeline's folds come from the command line (--n-folds, --fold), "
+                          "not its recipe")
     for k in ("pseudo", "teacher"):
         if k in given:
             raise OptionError(f"{OPTIONS[k].flag}: --recipe {recipe} is a self-training pipeline whose generations "
                               "name their own teachers; drop the option")
     base = {k: v for k, v in rec.items() if k not in ("description", "generations")}
-    out = []
+    out, splits = [], set()
     for g in check_generations(rec["generations"], f"--recipe {recipe}"):
         opts = {**base, **g.options, **given}
-        TrainConfig.build(**opts)
+        # built as the pipeline will build it: teachers named, unlabelled images only where something labels them
+        check = {**opts, "pseudo": ",".join(g.pseudo) or None, "teacher": ",".join(g.teacher) or None}
+        if not g.pseudo:
+            check.pop("unlabelled", None)
+        splits.add(TrainConfig.build(**check).split)
         out.append(Generation(g.name, opts, g.pseudo, g.teacher))
+    if len(splits) > 1:  # a teacher must share its student's split, or it saw the images the student validates on
+        raise OptionError(f"--recipe {recipe}: its generations set different splits (seed, valid_pct, full); "
+                          "a pipeline's generations share one")
     return out
 
 

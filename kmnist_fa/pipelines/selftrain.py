@@ -44,6 +44,7 @@ class PipelineResult:
 
 def plan(recipe: str, overrides: dict, name: str, root: str | Path | None = None) -> PipelineRecord:
     """The pipeline `train --recipe RECIPE --name NAME` runs; `--n-folds K` without `--fold` means every fold."""
+    _one_process()
     overrides = dict(overrides)
     n_folds, fold = overrides.pop("n_folds", None), overrides.pop("fold", None)
     if fold is not None and n_folds is None:
@@ -59,12 +60,22 @@ def plan(recipe: str, overrides: dict, name: str, root: str | Path | None = None
     return rec
 
 
+def _one_process() -> None:
+    if num_distrib() > 1:  # every rank would write the record; one process runs the chain, each run can use the GPU
+        raise OptionError("a self-training pipeline runs in one process: start it without torchrun / accelerate "
+                          "launch")
+
+
 def run_pipeline(rec: PipelineRecord, root: str | Path | None = None, quiet: bool = False,
                  progress: Callable | None = None, data: MnistData | None = None, cbs: list | None = None,
                  log: Callable[[str], None] = logger.info) -> PipelineResult:
-    """Start a new pipeline: refused when its record or any of its runs already exists."""
+    """Start a new pipeline: refused when its record, any of its runs, or a run of its own name already exists
+    (`--resume NAME` would then mean two things)."""
+    _one_process()
     f = pipeline_file(rec.name, root)
     taken = [s.run for s in rec.stages() if (models_dir(root) / s.run).exists()]
+    if (models_dir(root) / rec.name).exists() and rec.name not in taken:
+        taken.append(rec.name)
     if f.exists() or taken:
         raise OptionError(f"--name: {'pipeline ' + rec.name if f.exists() else 'run ' + taken[0]} already exists in "
                           f"{models_dir(root)}; pick another name or `--resume {rec.name}` to continue it")
@@ -76,14 +87,16 @@ def run_pipeline(rec: PipelineRecord, root: str | Path | None = None, quiet: boo
 def resume_pipeline(name: str, root: str | Path | None = None, quiet: bool = False, progress: Callable | None = None,
                     data: MnistData | None = None, cbs: list | None = None,
                     log: Callable[[str], None] = logger.info) -> PipelineResult:
-    """Continue pipeline `name` where it stopped (a finished one scores again and changes nothing)."""
-    return _execute(PipelineRecord.read(name, root), root, quiet, progress, data, cbs, log)
+    """Continue pipeline `name` where it stopped: finished runs are kept, an interrupted one resumes, the rest start."""
+    _one_process()
+    rec = PipelineRecord.read(name, root)
+    if rec.status == "complete":
+        raise RunError(f"{pipeline_file(name, root)}: pipeline {name} is already complete; nothing to resume "
+                       f"(`kmnist-fa models show {name}` shows it)")
+    return _execute(rec, root, quiet, progress, data, cbs, log)
 
 
 def _execute(rec: PipelineRecord, root, quiet, progress, data, cbs, log) -> PipelineResult:
-    if num_distrib() > 1:  # every rank would write the record; one process runs the chain, each run can use the GPU
-        raise OptionError("a self-training pipeline runs in one process: start it without torchrun / accelerate "
-                          "launch")
     stages = rec.stages()
     first = stages[0].config.data
     data = data or load_dataset(first.dataset, first.data)
@@ -119,8 +132,8 @@ def _stage(st: Stage, rec: PipelineRecord, root, quiet, progress, data, cbs, log
 
 
 def _scores(run: RunRecord, data: MnistData) -> dict:
-    """What the pipeline record keeps of a run: its time and pseudo-labels, and with a validation split its
-    kept epoch's accuracy, plain and with its own TTA settings."""
+    """What the pipeline record keeps of a run, so listing a pipeline never loads a model: its time and
+    pseudo-labels, and with a validation split its kept epoch's accuracy, plain and with its own TTA settings."""
     p = run.extra.get("pseudo")
     out = {"epochs": run.epochs_done, "wall_time_s": round(run.wall_time_s, 1),
            "pseudo_images": p.get("images") if isinstance(p, dict) else None, "valid_acc": None, "valid_acc_tta": None}

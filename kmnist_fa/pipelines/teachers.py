@@ -35,6 +35,7 @@ from ..config.options import TTA_N, TrainConfig, TtaSettings
 from ..core.errors import DataError, OptionError, RunError
 from ..data.datasets import MnistData
 from ..data.images import collect_inputs
+from ..data.splits import split_indices
 from ..infer.ensemble import combine
 from ..infer.predict import LoadedRun, load_run, predict_probs
 from ..train.distill import Teacher, weights_digest
@@ -126,4 +127,11 @@ def unlabelled_images(cfg: TrainConfig, data: MnistData) -> tuple[np.ndarray, di
     if not len(got.images):
         raise DataError(f"--unlabelled {cfg.data.unlabelled}: no images found")
     images = np.ascontiguousarray(got.images, dtype=np.uint8)
+    if not cfg.split.full:  # labelled with the teachers' class, a validation image would be trained on
+        _, valid = split_indices(data.train_y, cfg.split)
+        seen = {x.tobytes() for x in data.train_x[valid]}
+        clash = sum(x.tobytes() in seen for x in images)
+        if clash:
+            raise DataError(f"--unlabelled {cfg.data.unlabelled}: {clash:,} of its images are this run's validation "
+                            "images, which would then be trained on; name images outside the labelled data")
     return images, {"unlabelled": cfg.data.unlabelled, "unlabelled_md5": hashlib.md5(images.tobytes()).hexdigest()}

@@ -31,6 +31,7 @@ from ..data.datasets import MnistData, load_dataset
 from ..data.pipeline import MnistDataLoaders, default_device, make_dls
 from ..models.registry import create_model, n_params
 from ..runs import DataSource, Norm, RunRecord, SplitSizes
+from ..runs.pipeline import pipeline_file, pipeline_of
 from ..train import ddp
 from ..train.checkpoint import (
     RunRecorder,
@@ -97,6 +98,10 @@ def train(cfg: TrainConfig, name: str | None = None, root: str | Path | None = N
     """
     name = runs.check_name(name or runs.default_name(cfg.arch))
     path = runs.models_dir(root) / name
+    own = pipeline_of(cfg)
+    if pipeline_file(name, root).is_file() and (own or {}).get("name") != name:
+        raise OptionError(f"--name: {name} is a self-training pipeline in {path.parent} (`--resume {name}` continues "
+                          "it); pick another name")
     job = _Job(path=path, name=name, root=root, quiet=quiet, progress=progress, data=data, cbs=cbs, log=log)
     with ddp.process_group(default_device(cfg.cpu).type == "cuda"):
         if not ddp.is_writer():

@@ -17,7 +17,7 @@ from ..config.options import OPTIONS, TrainConfig
 from ..config.recipes import Generation, check_generations
 from ..core.atomic import write_json
 from ..core.errors import OptionError, RunError
-from .paths import check_name, models_dir
+from .paths import NAME_RE, check_name, models_dir
 from .record import read_json
 
 SUFFIX = ".pipeline.json"
@@ -26,6 +26,7 @@ MAX_BYTES = 1 << 20
 
 
 def pipeline_file(name: str, root: str | Path | None = None) -> Path:
+    """Beside the runs, not in one of them: a k-fold pipeline has no run of its own name."""
     return models_dir(root) / f"{name}{SUFFIX}"
 
 
@@ -60,6 +61,7 @@ class PipelineRecord:
     status: str = "running"
     results: dict[str, dict] = field(default_factory=dict)  # run name -> its scores (`pipelines.selftrain`)
     cv: dict | None = None
+    updated: str | None = None
 
     @property
     def last(self) -> Generation:
@@ -71,11 +73,14 @@ class PipelineRecord:
         for fold in self.folds:
             names = {g.name: stage_name(self.name, g.name, fold, g is self.last) for g in self.generations}
             for i, g in enumerate(self.generations, 1):
+                opts = {k: v for k, v in g.options.items() if k not in ("n_folds", "fold", "pseudo", "teacher")}
+                if not g.pseudo:  # only self-training reads the unlabelled images
+                    opts.pop("unlabelled", None)
                 split = {"n_folds": self.n_folds, "fold": fold} if self.n_folds else {}
                 cfg = TrainConfig.build(
                     extra={"recipe": self.recipe, "pipeline": {"name": self.name, "generation": g.name, "index": i,
                                                                "of": len(self.generations), "fold": fold}},
-                    **g.options, **split, pseudo=",".join(names[t] for t in g.pseudo) or None,
+                    **opts, **split, pseudo=",".join(names[t] for t in g.pseudo) or None,
                     teacher=",".join(names[t] for t in g.teacher) or None)
                 out.append(Stage(names[g.name], g, i, fold, cfg))
         return out
@@ -83,10 +88,11 @@ class PipelineRecord:
     def to_json(self) -> dict:
         return {"format_version": FORMAT_VERSION, "name": self.name, "recipe": self.recipe,
                 "n_folds": self.n_folds, "folds": self.folds, "generations": [g.to_json() for g in self.generations],
-                "created": self.created, "updated": datetime.now().isoformat(timespec="seconds"),
-                "status": self.status, "results": self.results, "cv": self.cv}
+                "created": self.created, "updated": self.updated, "status": self.status, "results": self.results,
+                "cv": self.cv}
 
     def write(self, root: str | Path | None = None) -> Path:
+        self.updated = datetime.now().isoformat(timespec="seconds")
         return write_json(pipeline_file(self.name, root), self.to_json())
 
     @classmethod
@@ -95,9 +101,12 @@ class PipelineRecord:
         f = pipeline_file(name, root)
         d = read_json(f, MAX_BYTES, f"missing (no pipeline named {name})")
         try:
-            return cls._from_json(d)
+            rec = cls._from_json(d)
         except OptionError as e:
             raise RunError(f"{f}: {e}") from None
+        if rec.name != name:  # a copied or renamed record would train and rewrite another pipeline's runs
+            raise RunError(f"{f}: records pipeline {rec.name[:80]!r}, not {name!r}; it was copied or renamed")
+        return rec
 
     @classmethod
     def _from_json(cls, d) -> PipelineRecord:
@@ -117,21 +126,29 @@ class PipelineRecord:
             raise OptionError("n_folds must be a whole number from 2 to 1000, or null")
         folds = d["folds"]
         ok = folds == [None] if n is None else (
-            0 < len(folds) <= n and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < n for k in folds))
+            0 < len(folds) <= n and len(set(map(str, folds))) == len(folds)
+            and all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < n for k in folds))
         if not ok:
             raise OptionError("folds must be [null] without n_folds, else fold numbers below n_folds")
         if d["status"] not in ("running", "complete"):
             raise OptionError("status must be running or complete")
         if d.get("cv") is not None and not isinstance(d["cv"], dict):
             raise OptionError("cv must be a table or null")
+        if not all(isinstance(v, dict) for v in d["results"].values()):
+            raise OptionError("results must map run names to tables")
         rec = cls(name=d["name"], recipe=d["recipe"][:4096], generations=check_generations(d.get("generations"),
                   "generations", OPTIONS), n_folds=n, folds=folds, created=d["created"][:40], status=d["status"],
-                  results=d["results"], cv=d.get("cv"))
-        rec.stages()  # every generation's options build a config, or this is one OptionError line
+                  results=d["results"], cv=d.get("cv"),
+                  updated=d["updated"][:40] if isinstance(d.get("updated"), str) else None)
+        try:
+            rec.stages()  # every generation's options build a config, or this is one line
+        except TypeError as e:
+            raise OptionError(f"generations: {e}") from None
         return rec
 
 
 def pipeline_of(config: TrainConfig) -> dict | None:
-    """The pipeline a run is a generation of (name, generation, index, of, fold), as its config records it."""
+    """The pipeline a run is a generation of (name, generation, index, of, fold), as its config records it; a name
+    that is not a run name is no pipeline (run.json is untrusted, and the name becomes a file path)."""
     p = config.extra.get("pipeline")
-    return p if isinstance(p, dict) and isinstance(p.get("name"), str) else None
+    return p if isinstance(p, dict) and isinstance(p.get("name"), str) and NAME_RE.match(p["name"]) else None

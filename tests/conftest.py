@@ -12,8 +12,7 @@ import pytest
 from fastai.callback.core import Callback
 
 warnings.filterwarnings("ignore", category=FutureWarning)
-# one thread per pytest-xdist worker (`-n auto` starts one per core), two for a lone process
-os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # 1,200 labelled + 300 unlabelled real images, committed (tests/data/kmnist-mini/README.md): every clone has them
 KMNIST_MINI = Path(__file__).resolve().parent / "data" / "kmnist-mini"

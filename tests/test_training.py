@@ -32,7 +32,8 @@ def test_run_folder_contents(lenet_run):
     for key in ("config", "norm", "classes", "chars", "data", "split", "history", "best", "wall_time_s", "device",
                 "versions", "n_params", "lr"):
         assert key in meta, key
-    assert set(meta["config"]) == {"model", "optim", "reg", "split", "transfer", "data", "cpu", "keep", "extra"}
+    assert set(meta["config"]) == {"model", "optim", "reg", "split", "transfer", "data", "predict", "cpu", "keep",
+                                   "extra"}
     assert runs.RunRecord.from_json(meta) == lenet_run.record
     assert meta["n_params"] == 61_706
     assert meta["data"]["files"]["train_images"]["md5"] == "8d152ee1c62c38c047034d7523ac1774"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fastai.torch_core import num_distrib
 
+from ..config.options import SplitSpec
 from ..config.recipes import resolve_pipeline
 from ..core.errors import OptionError, RunError
 from ..data.datasets import MnistData, load_dataset
@@ -47,13 +48,9 @@ def plan(recipe: str, overrides: dict, name: str, root: str | Path | None = None
     _one_process()
     overrides = dict(overrides)
     n_folds, fold = overrides.pop("n_folds", None), overrides.pop("fold", None)
-    if fold is not None and n_folds is None:
-        raise OptionError("--fold needs --n-folds")
-    if n_folds is not None and overrides.get("full"):
-        raise OptionError("--full trains on everything: it cannot be combined with --n-folds")
-    if n_folds is not None and fold is not None and not 0 <= fold < n_folds:
-        raise OptionError(f"--fold must be in 0..{n_folds - 1} with --n-folds {n_folds}, got {fold}")
-    folds = [None] if n_folds is None else [fold] if fold is not None else list(range(n_folds))
+    folds = [fold] if fold is not None or n_folds is None else list(range(n_folds))
+    for k in folds:  # the split's own checks (--fold without --n-folds, out of range, with --full), on each fold
+        SplitSpec(n_folds=n_folds, fold=k, full=bool(overrides.get("full")))
     rec = PipelineRecord(check_name(name), str(recipe), resolve_pipeline(recipe, overrides), n_folds, folds)
     for s in rec.stages():  # every generation's config builds, and its run's name is valid, before anything starts
         check_name(s.run, "--name")

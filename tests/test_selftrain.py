@@ -192,6 +192,9 @@ def test_recipes_and_records_are_checked(recipe, kmnist, tmp_path):
     with pytest.raises(OptionError, match="p is a self-training pipeline"):  # one name, one meaning
         train(lenet_cfg(kmnist), name="p", root=root, quiet=True, data=kmnist)
     runner = CliRunner()
+    got = runner.invoke(app, ["train", "--recipe", recipe, "--data", str(tmp_path / "nope"), "--name", "nodata",
+                              "--models-dir", str(root)])
+    assert got.exit_code == 2 and not (root / "nodata.pipeline.json").exists()  # no record promises a resume
     for text in ("{", '{"format_version": 1, "name": "p", "recipe": "x", "created": "", "status": "running", '
                       '"results": {}, "folds": [null], "generations": [{"name": "g1", "lr": -1}]}', "x" * (2 << 20)):
         (tmp_path / "p.pipeline.json").write_text(text)

@@ -76,6 +76,7 @@ def run_pipeline(rec: PipelineRecord, root: str | Path | None = None, quiet: boo
     if f.exists() or taken:
         raise OptionError(f"--name: {'pipeline ' + rec.name if f.exists() else 'run ' + taken[0]} already exists in "
                           f"{models_dir(root)}; pick another name or `--resume {rec.name}` to continue it")
+    data = data or _load_data(rec)  # bad --data fails here, before a record would promise a pipeline to resume
     models_dir(root).mkdir(parents=True, exist_ok=True)
     rec.write(root)
     return _execute(rec, root, quiet, progress, data, cbs, log)
@@ -93,10 +94,14 @@ def resume_pipeline(name: str, root: str | Path | None = None, quiet: bool = Fal
     return _execute(rec, root, quiet, progress, data, cbs, log)
 
 
+def _load_data(rec: PipelineRecord) -> MnistData:
+    first = rec.stages()[0].config.data  # every generation reads the same labelled data
+    return load_dataset(first.dataset, first.data)
+
+
 def _execute(rec: PipelineRecord, root, quiet, progress, data, cbs, log) -> PipelineResult:
     stages = rec.stages()
-    first = stages[0].config.data
-    data = data or load_dataset(first.dataset, first.data)
+    data = data or _load_data(rec)
     done: dict[str, RunRecord] = {}
     for st in stages:
         where = f"fold {st.fold}, " if st.fold is not None else ""
